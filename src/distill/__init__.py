@@ -1,0 +1,26 @@
+"""distill: knowledge distillation for recommendation and classification on PyTorch.
+
+    >>> import distill
+    >>> cfg = distill.load_config("config.yaml")           # doctest: +SKIP
+    >>> run = distill.train(cfg)                            # teacher, student and baseline
+    >>> run.metrics["student"]["test"], run.metrics["baseline"]["test"]
+    >>> distill.load_run("runs/example").predict("new.parquet")
+"""
+__version__ = "0.1.0"
+
+from distill.config import Config, config_from_dict, load_config  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+
+
+def __getattr__(name: str):
+    # The heavy parts (torch, models) load on first use, so `import distill` stays light.
+    if name in ("train", "load_run", "Run"):
+        from distill import run
+        return getattr(run, name)
+    if name == "compare":
+        from distill.compare import compare
+        return compare
+    raise AttributeError(f"module 'distill' has no attribute '{name}'")
+
+
+__all__ = ["Config", "DistillError", "compare", "config_from_dict", "load_config", "load_run", "train"]

@@ -1,0 +1,244 @@
+"""Typed configuration: pydantic models inside, YAML at the edge.
+
+Every section forbids unknown keys; `load_config` turns pydantic's errors into one line that names
+the file and the key, and suggests the closest valid key for a misspelt one.
+
+    >>> cfg = load_config("examples/demo.yaml")          # doctest: +SKIP
+    >>> cfg.distillation.weight
+    0.5
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import DistillError
+
+FeatureType = Literal["categorical", "numeric", "multi_categorical"]
+BUILTIN_MODELS = ("dnn", "wide_deep", "deepfm", "dcn_v2", "two_tower")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    train: str
+    valid: str | None = None
+    test: str | None = None
+    format: Literal["auto", "parquet", "csv"] = "auto"
+
+
+class TaskConfig(Strict):
+    type: Literal["binary", "multiclass", "regression"] = "binary"
+    label: str
+    group: str | None = None
+    weight: str | None = None
+
+
+class FeatureConfig(Strict):
+    name: str
+    type: FeatureType
+    privileged: bool = False
+    hash_buckets: int | None = Field(default=None, gt=0)
+    min_count: int = Field(default=1, ge=1)
+    max_len: int = Field(default=16, gt=0)  # multi_categorical: longest bag kept
+    separator: str = " "  # multi_categorical given as a string
+
+
+class ModelConfig(Strict):
+    model: str = "dnn"
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    embedding_dim: int = Field(default=16, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    cross_layers: int = Field(default=3, ge=1)  # dcn_v2
+    tower_dim: int = Field(default=32, gt=0)  # two_tower: size of the vectors that meet in the dot product
+    features: Literal["all", "serving", "privileged"] | list[str] | None = None
+    user_features: list[str] | None = None  # two_tower
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to a `module:` factory
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v in BUILTIN_MODELS or v.startswith("module:"):
+            return v
+        close = [m for m in BUILTIN_MODELS if m.startswith(v)] or difflib.get_close_matches(v, BUILTIN_MODELS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown model '{v}'{hint}; choose one of {', '.join(BUILTIN_MODELS)} or 'module: pkg.mod:factory'")
+
+
+class ScheduleConfig(Strict):
+    type: Literal["constant", "delayed", "linear", "cosine"] = "constant"
+    steps: int = Field(default=0, ge=0)
+
+
+class DistillationConfig(Strict):
+    mode: Literal["sync", "async", "offline", "none"] = "sync"
+    weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    # tensor2tensor's name: it weights the *hard* term, so weight = 1 - task_balance.
+    task_balance: float | None = Field(default=None, ge=0.0, le=1.0)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    temperature: float = Field(default=1.0, gt=0.0)
+    share_embeddings: bool = False
+    separate_embeddings: list[str] = Field(default_factory=list)
+    teacher_checkpoint: str | None = None
+    soft_label: str | None = None
+
+    @model_validator(mode="after")
+    def _resolve_weight(self) -> "DistillationConfig":
+        if self.weight is not None and self.task_balance is not None:
+            raise ValueError("set either 'weight' (λ, the distillation term) or 'task_balance' (1 − λ), not both")
+        if self.task_balance is not None:
+            object.__setattr__(self, "weight", 1.0 - self.task_balance)
+            object.__setattr__(self, "task_balance", None)
+        if self.weight is None:
+            object.__setattr__(self, "weight", 0.5)
+        return self
+
+
+class EarlyStoppingConfig(Strict):
+    metric: str | None = None  # default: auc (binary), accuracy (multiclass), rmse (regression)
+    patience: int = Field(default=2, ge=1)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=1024, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd", "adagrad", "rmsprop"] = "adam"
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    seed: int = 0
+    eval_every: int | None = Field(default=None, gt=0)  # steps; default once per epoch
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
+    baseline: bool = True  # also train the student alone, so the run says what distillation gained
+    log_every: int = Field(default=1, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+
+
+class Config(Strict):
+    data: DataConfig
+    task: TaskConfig
+    features: list[FeatureConfig]
+    teacher: ModelConfig = Field(default_factory=lambda: ModelConfig(model="dnn", hidden=[512, 256, 128]))
+    student: ModelConfig = Field(default_factory=ModelConfig)
+    distillation: DistillationConfig = Field(default_factory=DistillationConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: str = "runs/example"
+
+    @model_validator(mode="after")
+    def _check_features(self) -> "Config":
+        seen: set[str] = set()
+        for f in self.features:
+            if f.name in seen:
+                raise ValueError(f"feature '{f.name}' is listed twice")
+            seen.add(f.name)
+            if f.name in (self.task.label, self.task.weight):
+                raise ValueError(f"feature '{f.name}' is also the task's label or weight column")
+        if not self.features:
+            raise ValueError("at least one feature is needed")
+        if not any(not f.privileged for f in self.features):
+            raise ValueError("every feature is privileged: the student would have nothing to serve on")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading and errors
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML config; `overrides` maps dotted keys (``"train.epochs"``) to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DistillError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise DistillError(f"{path}: expected a mapping of sections (data, task, features, ...)")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise DistillError(f"{source}: {explain(e, raw)}") from None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def explain(error: ValidationError, raw: dict[str, Any]) -> str:
+    """The first pydantic error as one line: the dotted key, what is wrong, and a suggestion."""
+    err = error.errors()[0]
+    loc = err["loc"]
+    key = _dotted(loc, raw)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
+        return f"unknown key '{key}'{hint}"
+    if err["type"] == "missing":
+        return f"missing key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg}" if key else msg
+
+
+def _dotted(loc: tuple, raw: dict[str, Any]) -> str:
+    """features.2.name reads better as features[2] (name 'price').name."""
+    out: list[str] = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            name = node[part].get("name") if isinstance(node, list) and isinstance(node[part], dict) else None
+            out[-1] += f"[{part}]" + (f" ('{name}')" if name else "")
+        elif part in ("function-after", "function-before") or str(part).startswith("function"):
+            continue
+        else:
+            out.append(str(part))
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(out)
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        inner = _model_in(ann)
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,70 @@
+"""The `Batch` every model reads, and `Encoded`, a whole split as tensors.
+
+A model asks a batch for its features by name. The student's batch is made with `select` from the
+serving features only, so a model that asks it for a privileged feature fails loudly here instead
+of silently reading a column it will not have in production.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+class MissingFeatureError(LookupError):
+    """A model asked a batch for a feature the batch does not carry (e.g. a privileged one)."""
+
+
+@dataclass
+class Batch:
+    features: dict[str, torch.Tensor]  # categorical (B,) int64 | numeric (B, 2) float32 | multi (B, L) int64
+    y: torch.Tensor | None = None  # (B,) float32 (binary, regression) or int64 (multiclass)
+    weight: torch.Tensor | None = None  # (B,)
+    index: torch.Tensor | None = None  # (B,) row positions in the split (for cached soft labels)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        try:
+            return self.features[name]
+        except KeyError:
+            raise MissingFeatureError(
+                f"feature '{name}' is not in this batch (it carries: {', '.join(sorted(self.features))}); "
+                "privileged features never reach the student"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.features.values())))
+
+    def select(self, names: list[str]) -> "Batch":
+        """The same rows with only `names` as features: the view one model is allowed to see."""
+        return Batch({n: self.features[n] for n in names}, self.y, self.weight, self.index)
+
+
+@dataclass
+class Encoded:
+    """A whole split, encoded once; batches are slices of it (no per-sample work in the loop)."""
+
+    features: dict[str, torch.Tensor]
+    y: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    group: np.ndarray | None = None  # (N,) int64 group ids for GAUC
+    soft: torch.Tensor | None = None  # offline mode: the teacher's score as logits
+    missing: dict[str, int] = field(default_factory=dict)  # filled values per feature
+
+    def __len__(self) -> int:
+        return len(next(iter(self.features.values())))
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        return Batch(
+            {n: t[idx] for n, t in self.features.items()},
+            None if self.y is None else self.y[idx],
+            None if self.weight is None else self.weight[idx],
+            idx,
+        )
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None):
+        """Yield batches in `order` (a permutation) or in row order."""
+        n = len(self)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size] if order is not None else torch.arange(start, min(n, start + batch_size))
+            yield self.batch(idx)

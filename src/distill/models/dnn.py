@@ -1,0 +1,18 @@
+"""DNN: embeddings and numeric inputs concatenated, then an MLP. Returns logits."""
+import torch
+from torch import nn
+
+from distill.data.batch import Batch
+from distill.models.parts import FeatureEmbedding, ModelSpec, mlp, squeeze_out
+
+
+class DNN(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim)
+        in_dim = self.embedding.num_fields * spec.embedding_dim + self.embedding.dense_dim
+        self.over = mlp(in_dim, spec.hidden, spec.dropout, spec.out_dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        fields, dense = self.embedding(batch)  # (B, F, D), (B, 2N)
+        return squeeze_out(self.over(torch.cat([fields.flatten(1), dense], dim=1)))

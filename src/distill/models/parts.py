@@ -1,0 +1,123 @@
+"""Small named parts the models are built from: the spec a model is built from, embeddings, MLPs.
+
+A `ModelSpec` is data (feature names, types, cardinalities); the embedding tables live in the
+model built from it. Two models built from one spec never share a table unless
+`share_tables` is called, explicitly, by the sync loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.data.batch import Batch
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    name: str
+    type: str  # categorical | numeric | multi_categorical
+    cardinality: int = 0  # rows of the embedding table (categorical kinds)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a model factory needs: `factory(spec) -> nn.Module` returning logits."""
+
+    features: tuple[FeatureInfo, ...]
+    out_dim: int  # 1 for binary / regression, C for multiclass
+    hidden: tuple[int, ...] = (256, 128)
+    embedding_dim: int = 16
+    dropout: float = 0.0
+    cross_layers: int = 3
+    tower_dim: int = 32
+    user_features: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def subset(self, names: set[str]) -> tuple[FeatureInfo, ...]:
+        return tuple(f for f in self.features if f.name in names)
+
+
+class FeatureEmbedding(nn.Module):
+    """Per-feature embedding tables; numeric features pass through as (value, missing) pairs.
+
+    `forward` returns the categorical embeddings stacked as fields (B, F, D) and the numeric inputs
+    concatenated (B, 2·N). Tables are keyed by feature name so the sync loop can share them.
+    """
+
+    def __init__(self, features: tuple[FeatureInfo, ...], dim: int):
+        super().__init__()
+        self.dim = dim
+        self.sparse_names = [f.name for f in features if f.type != "numeric"]
+        self.numeric_names = [f.name for f in features if f.type == "numeric"]
+        self.tables = nn.ModuleDict()
+        for f in features:
+            if f.type == "categorical":
+                self.tables[f.name] = nn.Embedding(f.cardinality, dim)
+            elif f.type == "multi_categorical":
+                self.tables[f.name] = nn.EmbeddingBag(f.cardinality, dim, mode="mean", padding_idx=0)
+        for t in self.tables.values():
+            nn.init.normal_(t.weight, std=0.05)
+            if isinstance(t, nn.EmbeddingBag):
+                with torch.no_grad():
+                    t.weight[0].zero_()
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.sparse_names)
+
+    @property
+    def dense_dim(self) -> int:
+        return 2 * len(self.numeric_names)
+
+    def fields(self, batch: Batch, names: list[str] | None = None) -> torch.Tensor:
+        names = self.sparse_names if names is None else names
+        if not names:
+            return torch.zeros(len(batch), 0, self.dim)
+        return torch.stack([self.tables[n](batch[n]) for n in names], dim=1)  # (B, F, D)
+
+    def dense(self, batch: Batch, names: list[str] | None = None) -> torch.Tensor:
+        names = self.numeric_names if names is None else names
+        if not names:
+            return torch.zeros(len(batch), 0)
+        return torch.cat([batch[n] for n in names], dim=1)  # (B, 2N)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fields(batch), self.dense(batch)
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], dropout: float = 0.0, out_dim: int | None = None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        in_dim = h
+    if out_dim is not None:
+        layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def squeeze_out(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1) → (B,) for binary / regression; (B, C) stays."""
+    return logits.squeeze(-1) if logits.shape[-1] == 1 else logits
+
+
+def share_tables(teacher: nn.Module, student: nn.Module, names: list[str]) -> list[str]:
+    """Make the student use the teacher's embedding table for each of `names` (same module object).
+
+    Returns the names actually shared. Both models must expose `.embedding` (a FeatureEmbedding).
+    """
+    t_emb, s_emb = getattr(teacher, "embedding", None), getattr(student, "embedding", None)
+    if not isinstance(t_emb, FeatureEmbedding) or not isinstance(s_emb, FeatureEmbedding):
+        raise ValueError("share_embeddings needs models with a FeatureEmbedding named 'embedding'")
+    shared = []
+    for n in names:
+        if n in t_emb.tables and n in s_emb.tables:
+            if t_emb.tables[n].weight.shape != s_emb.tables[n].weight.shape:
+                raise ValueError(f"cannot share '{n}': table shapes differ")
+            s_emb.tables[n] = t_emb.tables[n]
+            shared.append(n)
+    return shared

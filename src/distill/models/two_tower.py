@@ -1,0 +1,37 @@
+"""Two towers: user features → u, item features → v, logit = ⟨u, v⟩ + b.
+
+The towers meet only in the inner product, so item vectors can be precomputed and served from an
+index; the price is that no user×item cross feature can enter (the PFD paper's coarse-ranking
+student). Features not named in `user_features` form the item tower.
+"""
+import torch
+from torch import nn
+
+from distill.data.batch import Batch
+from distill.models.parts import FeatureEmbedding, ModelSpec, mlp
+
+
+class TwoTower(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        if spec.out_dim != 1:
+            raise ValueError("two_tower returns one score per user-item pair (binary or regression)")
+        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim)
+        users = set(spec.user_features)
+        self.user_sparse = [n for n in self.embedding.sparse_names if n in users]
+        self.user_dense = [n for n in self.embedding.numeric_names if n in users]
+        self.item_sparse = [n for n in self.embedding.sparse_names if n not in users]
+        self.item_dense = [n for n in self.embedding.numeric_names if n not in users]
+        d = spec.embedding_dim
+        self.user_tower = mlp(len(self.user_sparse) * d + 2 * len(self.user_dense), spec.hidden, spec.dropout, spec.tower_dim)
+        self.item_tower = mlp(len(self.item_sparse) * d + 2 * len(self.item_dense), spec.hidden, spec.dropout, spec.tower_dim)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def tower(self, batch: Batch, sparse: list[str], dense: list[str], net: nn.Module) -> torch.Tensor:
+        x = torch.cat([self.embedding.fields(batch, sparse).flatten(1), self.embedding.dense(batch, dense)], dim=1)
+        return net(x)  # (B, tower_dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        u = self.tower(batch, self.user_sparse, self.user_dense, self.user_tower)
+        v = self.tower(batch, self.item_sparse, self.item_dense, self.item_tower)
+        return (u * v).sum(-1) + self.bias  # (B,)

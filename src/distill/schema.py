@@ -1,0 +1,100 @@
+"""Which features each model sees. Specs are data: nothing here owns a tensor or a table.
+
+The student's feature list is *derived* from the schema and can only hold serving features, so a
+student can never be configured to read a privileged one.
+"""
+from __future__ import annotations
+
+import difflib
+
+from distill.config import Config, FeatureConfig, ModelConfig
+from distill.errors import DistillError
+
+
+def serving(cfg: Config) -> list[FeatureConfig]:
+    return [f for f in cfg.features if not f.privileged]
+
+
+def privileged(cfg: Config) -> list[FeatureConfig]:
+    return [f for f in cfg.features if f.privileged]
+
+
+def model_features(cfg: Config, role: str) -> list[FeatureConfig]:
+    """The features `role` ("teacher" or "student") reads, in schema order."""
+    mc: ModelConfig = getattr(cfg, role)
+    by_name = {f.name: f for f in cfg.features}
+    sel = mc.features
+    if sel is None:
+        sel = "all" if role == "teacher" else "serving"
+    if sel == "all":
+        names = [f.name for f in cfg.features]
+    elif sel == "serving":
+        names = [f.name for f in serving(cfg)]
+    elif sel == "privileged":
+        names = [f.name for f in privileged(cfg)]
+    else:
+        for n in sel:
+            if n not in by_name:
+                close = difflib.get_close_matches(n, list(by_name), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise DistillError(f"{role}.features: '{n}' is not a feature in the schema{hint}")
+        names = [f.name for f in cfg.features if f.name in set(sel)]
+    chosen = [by_name[n] for n in names]
+    if role == "student":
+        leaked = [f.name for f in chosen if f.privileged]
+        if leaked:
+            raise DistillError(
+                f"student.features: '{leaked[0]}' is privileged: the student serves without it "
+                "(remove it from student.features or set privileged: false)"
+            )
+    if not chosen:
+        raise DistillError(f"{role}.features: selects no feature")
+    if mc.user_features is not None:
+        for n in mc.user_features:
+            if n not in names:
+                raise DistillError(f"{role}.user_features: '{n}' is not among the {role}'s features")
+    return chosen
+
+
+def check(cfg: Config) -> list[str]:
+    """Validate cross-field rules; return warnings (things that run but are probably not meant)."""
+    warnings: list[str] = []
+    student = model_features(cfg, "student")
+    mode = cfg.distillation.mode
+    teacher = model_features(cfg, "teacher") if mode in ("sync", "async") else []
+    for role in ("teacher", "student"):
+        mc: ModelConfig = getattr(cfg, role)
+        if mc.model == "two_tower":
+            if cfg.task.type == "multiclass":
+                raise DistillError(f"{role}.model: two_tower scores one user-item pair; it does not do multiclass")
+            if not mc.user_features:
+                raise DistillError(f"{role}.user_features: two_tower needs the user tower's features (the rest form the item tower)")
+    d = cfg.distillation
+    if mode == "offline" and not d.soft_label:
+        raise DistillError("distillation.soft_label: mode 'offline' needs the column that holds the teacher's score")
+    if mode != "offline" and d.soft_label:
+        warnings.append(f"distillation.soft_label is ignored in mode '{mode}'")
+    if d.teacher_checkpoint and mode != "async":
+        raise DistillError("distillation.teacher_checkpoint: only mode 'async' starts from a trained teacher")
+    if d.share_embeddings and mode != "sync":
+        raise DistillError("distillation.share_embeddings: only mode 'sync' trains both models together and can share tables")
+    names = {f.name for f in cfg.features}
+    for n in d.separate_embeddings:
+        if n not in names:
+            raise DistillError(f"distillation.separate_embeddings: '{n}' is not a feature in the schema")
+    if d.share_embeddings and cfg.teacher.embedding_dim != cfg.student.embedding_dim:
+        raise DistillError(
+            "distillation.share_embeddings: teacher.embedding_dim and student.embedding_dim differ "
+            f"({cfg.teacher.embedding_dim} vs {cfg.student.embedding_dim}); shared tables need one size"
+        )
+    if teacher:
+        extra = {f.name for f in teacher} - {f.name for f in student}
+        same_model = cfg.teacher.model_dump(exclude={"features", "user_features"}) == cfg.student.model_dump(exclude={"features", "user_features"})
+        if not extra and same_model:
+            warnings.append(
+                "the teacher sees no feature the student does not and has the same architecture: "
+                "distillation has nothing to transfer (declare privileged features or make the teacher bigger)"
+            )
+        if not any(f.privileged for f in teacher) and privileged(cfg):
+            warnings.append("the schema declares privileged features but the teacher does not read them")
+    return warnings

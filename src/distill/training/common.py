@@ -1,0 +1,160 @@
+"""Pieces the loops share: optimizers, batched inference, validation with keep-the-best, step logs."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill import metrics
+from distill.config import Config
+from distill.data.batch import Encoded
+from distill.data.encoders import LabelEncoder
+from distill.errors import DistillError
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+def unique_parameters(*models: nn.Module) -> list[nn.Parameter]:
+    """Parameters of all models, each once (shared embedding tables appear in both)."""
+    seen: set[int] = set()
+    out = []
+    for m in models:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def make_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.train.optimizer](params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_size: int = 8192) -> torch.Tensor:
+    """Logits for every row of `data`, in eval mode; the model sees only `features`."""
+    was_training = model.training
+    model.eval()
+    out = [model(b.select(features)) for b in data.batches(batch_size)]
+    model.train(was_training)
+    return torch.cat(out)  # (N,) or (N, C)
+
+
+def to_output(logits: torch.Tensor, label: LabelEncoder, temperature: float = 1.0) -> np.ndarray:
+    """Logits → what a user reads: probability, class probabilities, or a value on the label's scale."""
+    if label.task == "binary":
+        return torch.sigmoid(logits / temperature).numpy()
+    if label.task == "multiclass":
+        return torch.softmax(logits / temperature, dim=-1).numpy()
+    return (logits * label.std + label.mean).numpy()
+
+
+def label_values(data: Encoded, label: LabelEncoder) -> np.ndarray:
+    assert data.y is not None
+    y = data.y.numpy()
+    return y * label.std + label.mean if label.task == "regression" else y
+
+
+def evaluate(model: nn.Module, data: Encoded, features: list[str], label: LabelEncoder) -> dict[str, float]:
+    pred = to_output(predict_logits(model, data, features), label)
+    return metrics.compute(label.task, label_values(data, label), pred, data.group)
+
+
+def check_finite(step: int, terms: dict[str, float]) -> None:
+    for name, value in terms.items():
+        if not math.isfinite(value):
+            raise DistillError(f"training diverged at step {step}: {name} is {value} (lower train.lr or check the data)")
+
+
+@dataclass
+class RunLog:
+    """Per-step and per-evaluation records, as JSON lines in the run directory, plus short
+    progress lines on stderr (`quiet` silences them)."""
+
+    directory: Path | None = None
+    quiet: bool = False
+    _files: dict[str, Any] = field(default_factory=dict)
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def _write(self, name: str, record: dict[str, Any]) -> None:
+        if self.directory is None:
+            return
+        f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = open(self.directory / name, "a")
+        f.write(json.dumps(record) + "\n")
+
+    def step(self, record: dict[str, Any]) -> None:
+        self._write("steps.jsonl", record)
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        self._write("evals.jsonl", record)
+        if not self.quiet:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
+            self.info(f"[{record['phase']}] epoch {record['epoch']} step {record['step']}: {shown}")
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{time.perf_counter() - self._t0:7.1f}s  {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+class KeepBest:
+    """Early stopping on a validation metric, keeping a copy of the best weights of `models`."""
+
+    def __init__(self, metric: str, patience: int | None, models: Iterable[nn.Module]):
+        self.metric = metric
+        self.patience = patience
+        self.models = list(models)
+        self.sign = 1.0 if metrics.HIGHER_IS_BETTER.get(metric, True) else -1.0
+        self.best: float | None = None
+        self.best_state: list[dict[str, torch.Tensor]] | None = None
+        self.bad = 0
+
+    def update(self, scores: dict[str, float]) -> bool:
+        """Record one evaluation; returns True when training should stop."""
+        if self.metric not in scores:
+            raise DistillError(f"train.early_stopping.metric: '{self.metric}' is not computed for this task (have: {', '.join(scores)})")
+        value = scores[self.metric]
+        if self.best is None or self.sign * (value - self.best) > 0:
+            self.best, self.bad = value, 0
+            # one deepcopy of the list keeps shared tables shared inside the copy
+            self.best_state = copy.deepcopy([m.state_dict() for m in self.models])
+            return False
+        self.bad += 1
+        return self.patience is not None and self.bad >= self.patience
+
+    def restore(self) -> None:
+        if self.best_state is not None:
+            for m, s in zip(self.models, self.best_state):
+                m.load_state_dict(s)
+
+
+def stopping_metric(cfg: Config) -> tuple[str, int | None]:
+    es = cfg.train.early_stopping
+    metric = (es.metric if es and es.metric else None) or metrics.default_metric(cfg.task.type)
+    return metric, (es.patience if es else None)
+
+
+def eval_points(cfg: Config, steps_per_epoch: int) -> int:
+    """Evaluate every this many steps (default: once per epoch)."""
+    return cfg.train.eval_every or steps_per_epoch

@@ -1,0 +1,74 @@
+"""One model trained alone, optionally pulled towards fixed soft labels.
+
+Serves three modes: `none` (the baseline: L_s only), `offline` (soft labels from a data column) and
+both phases of `async` (the teacher alone, then the student against the teacher's cached logits).
+
+    loss = (1 − λ)·L_s(y, f(x)) + λ·L_d(soft, f(x))      (λ = 0 without soft labels)
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from distill import schedules
+from distill.config import Config
+from distill.data.batch import Encoded
+from distill.data.encoders import LabelEncoder
+from distill.losses import distill_loss, hard_loss
+from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
+                                     stopping_metric, unique_parameters)
+
+
+def train_single(cfg: Config, model: nn.Module, features: list[str], train: Encoded, valid: Encoded | None,
+                 label: LabelEncoder, log: RunLog, phase: str, soft: torch.Tensor | None = None) -> dict:
+    """Train `model` in place (best validation weights restored); returns a summary dict."""
+    task, d = cfg.task.type, cfg.distillation
+    n, bs = len(train), cfg.train.batch_size
+    every = eval_points(cfg, math.ceil(n / bs))
+    metric, patience = stopping_metric(cfg)
+    keep = KeepBest(metric, patience, [model]) if valid is not None else None
+    opt = make_optimizer(cfg, unique_parameters(model))
+    gen = torch.Generator().manual_seed(cfg.train.seed)  # the data order: same for baseline and student
+    model.train()
+    step, stop, t0 = 0, False, time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        order = torch.randperm(n, generator=gen)
+        for batch in train.batches(bs, order):
+            logits = model(batch.select(features))  # (B,) or (B, C)
+            l_s = hard_loss(logits, batch.y, task, batch.weight)
+            terms = {"L_s": l_s}
+            lam = 0.0
+            if soft is not None:
+                lam = schedules.lam(d.schedule.type, step, d.weight, d.schedule.steps)
+                terms["L_d"] = distill_loss(logits, soft[batch.index], task, d.temperature, batch.weight)
+                loss = (1.0 - lam) * l_s + lam * terms["L_d"]
+            else:
+                loss = l_s
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+            values = {k: v.item() for k, v in terms.items()} | {"loss": loss.item()}
+            check_finite(step, values)
+            if step % cfg.train.log_every == 0:
+                log.step({"phase": phase, "step": step, "epoch": epoch, "lambda": lam, **values})
+            step += 1
+            if keep is not None and step % every == 0:
+                scores = evaluate(model, valid, features, label)
+                log.evaluation({"phase": phase, "model": phase, "epoch": epoch, "step": step, **scores})
+                stop = keep.update(scores)
+                if stop:
+                    break
+        if stop:
+            break
+    if keep is not None:
+        if step % every != 0:  # the last steps were not evaluated yet
+            scores = evaluate(model, valid, features, label)
+            log.evaluation({"phase": phase, "model": phase, "epoch": epoch, "step": step, **scores})
+            keep.update(scores)
+        keep.restore()
+    return {"steps": step, "epochs": epoch + 1, "stopped_early": stop, "seconds": time.perf_counter() - t0,
+            "best_valid": None if keep is None else {metric: keep.best}}

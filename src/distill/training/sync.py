@@ -1,0 +1,80 @@
+"""Synchronous distillation: teacher and student learn together, one optimizer step for both.
+
+    loss = L_t(y, f_t(x, x*)) + (1 − λ)·L_s(y, f_s(x)) + λ·L_d(sg(f_t), f_s(x))
+
+sg is the stop-gradient: L_d updates the student only, the teacher learns from L_t alone. With
+`share_embeddings`, a table both models read is one module; it receives gradients from L_t through
+the teacher and from (1 − λ)·L_s + λ·L_d through the student (see the README). λ follows the
+schedule: an untrained teacher should not lead the student early (the PFD paper's delayed start).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from distill import schedules
+from distill.config import Config
+from distill.data.batch import Encoded
+from distill.data.encoders import LabelEncoder
+from distill.losses import distill_loss, hard_loss
+from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
+                                     stopping_metric, unique_parameters)
+
+
+def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_features: list[str],
+               student_features: list[str], train: Encoded, valid: Encoded | None, label: LabelEncoder,
+               log: RunLog) -> dict:
+    task, d = cfg.task.type, cfg.distillation
+    n, bs = len(train), cfg.train.batch_size
+    every = eval_points(cfg, math.ceil(n / bs))
+    metric, patience = stopping_metric(cfg)
+    # Early stopping follows the student (what is served); both models are kept from that same
+    # moment, so tables they share stay consistent.
+    keep = KeepBest(metric, patience, [teacher, student]) if valid is not None else None
+    opt = make_optimizer(cfg, unique_parameters(teacher, student))
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    teacher.train()
+    student.train()
+    step, stop, t0 = 0, False, time.perf_counter()
+    for epoch in range(cfg.train.epochs):
+        order = torch.randperm(n, generator=gen)
+        for batch in train.batches(bs, order):
+            t_logits = teacher(batch.select(teacher_features))  # sees serving + privileged
+            s_logits = student(batch.select(student_features))  # sees serving features only
+            lam = schedules.lam(d.schedule.type, step, d.weight, d.schedule.steps)
+            l_t = hard_loss(t_logits, batch.y, task, batch.weight)
+            l_s = hard_loss(s_logits, batch.y, task, batch.weight)
+            l_d = distill_loss(s_logits, t_logits.detach(), task, d.temperature, batch.weight)
+            loss = l_t + (1.0 - lam) * l_s + lam * l_d
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+            values = {"L_s": l_s.item(), "L_d": l_d.item(), "L_t": l_t.item(), "loss": loss.item()}
+            check_finite(step, values)
+            if step % cfg.train.log_every == 0:
+                log.step({"phase": "sync", "step": step, "epoch": epoch, "lambda": lam, **values})
+            step += 1
+            if keep is not None and step % every == 0:
+                stop = _validate(keep, teacher, student, teacher_features, student_features, valid, label, log, epoch, step)
+                if stop:
+                    break
+        if stop:
+            break
+    if keep is not None:
+        if step % every != 0:
+            _validate(keep, teacher, student, teacher_features, student_features, valid, label, log, epoch, step)
+        keep.restore()
+    return {"steps": step, "epochs": epoch + 1, "stopped_early": stop, "seconds": time.perf_counter() - t0,
+            "best_valid": None if keep is None else {metric: keep.best}}
+
+
+def _validate(keep: KeepBest, teacher, student, tf, sf, valid, label, log: RunLog, epoch: int, step: int) -> bool:
+    t_scores = evaluate(teacher, valid, tf, label)
+    log.evaluation({"phase": "sync", "model": "teacher", "epoch": epoch, "step": step, **t_scores})
+    s_scores = evaluate(student, valid, sf, label)
+    log.evaluation({"phase": "sync", "model": "student", "epoch": epoch, "step": step, **s_scores})
+    return keep.update(s_scores)
