@@ -1,0 +1,150 @@
+"""The `distill` command: a thin layer over the Python API. Every command is a few lines.
+
+A user's mistake (DistillError) prints one line and exits 2; no traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from distill.config import load_config
+from distill.errors import DistillError
+
+app = typer.Typer(
+    help="Knowledge distillation for recommendation and classification: train a teacher and a "
+         "student (model or privileged-features distillation) and serve only the student.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def guarded(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DistillError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was written")
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    overrides = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DistillError(f"--set '{item}': write it as key=value, e.g. --set train.epochs=3")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> Table:
+    splits = [s for s in ("train", "valid", "test", "data") if any(s in v for v in metrics.values())]
+    names: list[str] = []
+    for role in metrics.values():
+        for split in role.values():
+            names += [k for k in split if k not in names and k != "skipped"]
+    table = Table(title=title)
+    table.add_column("model")
+    table.add_column("split")
+    for n in names:
+        table.add_column(n, justify="right")
+    for split in splits:
+        for role, by_split in metrics.items():
+            row = by_split.get(split)
+            if row is None:
+                continue
+            if "skipped" in row:
+                table.add_row(role, split, f"skipped: {row['skipped']}", *[""] * (len(names) - 1))
+                continue
+            table.add_row(role, split, *[f"{row[n]:.4f}" if n in row else "" for n in names])
+        if "student" in metrics and "baseline" in metrics and split in metrics["student"] and "skipped" not in metrics["student"][split]:
+            s, b = metrics["student"][split], metrics["baseline"][split]
+            table.add_row("[bold]gain[/] (student − baseline)", split, *[f"{s[n] - b[n]:+.4f}" if n in s and n in b else "" for n in names])
+    return table
+
+
+SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+
+
+@app.command()
+@guarded
+def train(config: Path = typer.Argument(..., help="The YAML config."),
+          output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
+          overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+          set_: Optional[list[str]] = SetOption,
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines.")) -> None:
+    """Train teacher, student and the no-distillation baseline; write a run directory."""
+    from distill.run import train as train_run
+    run = train_run(load_config(config, parse_overrides(set_)), output=output, overwrite=overwrite, quiet=quiet)
+    out.print(metrics_table(run.metrics, f"{run.path}"))
+    out.print(f"run written to [bold]{run.path}[/]")
+
+
+@app.command()
+@guarded
+def compare(config: Path = typer.Argument(..., help="The YAML config."),
+            seeds: int = typer.Option(5, help="How many seeds (train.seed, train.seed + 1, ...)."),
+            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go."),
+            overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+            set_: Optional[list[str]] = SetOption,
+            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Distilled student vs the baseline over seeds: mean ± std, gain, share of the gap closed."""
+    from distill.compare import compare as run_compare, to_markdown
+    cfg = load_config(config, parse_overrides(set_))
+    summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
+    print(to_markdown(summary))
+    out.print(f"written to [bold]{output or cfg.output}[/]/compare.json and compare.md")
+
+
+@app.command()
+@guarded
+def evaluate(run: Path = typer.Argument(..., help="A run directory."),
+             data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Metrics of the run's teacher, student and baseline on its splits or on new data."""
+    from distill.run import load_run
+    r = load_run(run)
+    result = r.evaluate(data)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        out.print(metrics_table(result, f"{run}" + (f" on {data}" if data else "")))
+
+
+@app.command()
+@guarded
+def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's data and runs go."),
+         seeds: int = typer.Option(3, help="Seeds for the comparison."),
+         quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Generate a synthetic e-commerce log with privileged features and run `compare` on it."""
+    from distill.compare import compare as run_compare, to_markdown
+    from distill.demo import write_demo_data
+    if output.exists() and any(output.iterdir()) and not (output / "data" / "config.yaml").is_file():
+        raise DistillError(f"{output}: exists and is not a previous demo; choose another --output")
+    cfg_path = write_demo_data(output / "data")
+    out.print(f"synthetic impression log and config written to {output / 'data'}")
+    summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
+    print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
+    out.print(f"details in [bold]{output / 'compare'}[/] (compare.md, one run directory per seed)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
