@@ -186,13 +186,21 @@ def explain(error: ValidationError, raw: dict[str, Any]) -> str:
     key = _dotted(loc, raw)
     if err["type"] == "extra_forbidden":
         valid = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        close = closest(str(loc[-1]), valid)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
         return f"unknown key '{key}'{hint}"
     if err["type"] == "missing":
         return f"missing key '{key}'"
     msg = err["msg"].removeprefix("Value error, ")
     return f"{key}: {msg}" if key else msg
+
+
+def closest(word: str, valid: list[str]) -> list[str]:
+    """The valid key a misspelt one most likely meant ('epocs' → 'epochs', 'lr_rate' → 'lr')."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)
+    if not close:
+        close = sorted((v for v in valid if word.startswith(v) or v.startswith(word)), key=len, reverse=True)[:1]
+    return close
 
 
 def _dotted(loc: tuple, raw: dict[str, Any]) -> str:

@@ -31,9 +31,13 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
     n, bs = len(train), cfg.train.batch_size
     every = eval_points(cfg, math.ceil(n / bs))
     metric, patience = stopping_metric(cfg)
-    # Early stopping follows the student (what is served); both models are kept from that same
-    # moment, so tables they share stay consistent.
-    keep = KeepBest(metric, patience, [teacher, student]) if valid is not None else None
+    # Each model keeps its own best weights; training stops when neither has improved for
+    # `patience` evaluations (a teacher still improving keeps teaching). With shared tables the
+    # student's best moment holds both models, so the tables they share stay consistent.
+    shared = any(p is q for p in teacher.parameters() for q in student.parameters())
+    keep = None
+    if valid is not None:
+        keep = (KeepBest(metric, patience, [teacher]), KeepBest(metric, patience, [teacher, student] if shared else [student]))
     opt = make_optimizer(cfg, unique_parameters(teacher, student))
     gen = torch.Generator().manual_seed(cfg.train.seed)
     teacher.train()
@@ -67,14 +71,19 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
     if keep is not None:
         if step % every != 0:
             _validate(keep, teacher, student, teacher_features, student_features, valid, label, log, epoch, step)
-        keep.restore()
+        if not shared:
+            keep[0].restore()
+        keep[1].restore()
     return {"steps": step, "epochs": epoch + 1, "stopped_early": stop, "seconds": time.perf_counter() - t0,
-            "best_valid": None if keep is None else {metric: keep.best}}
+            "shared_tables": shared,
+            "best_valid": None if keep is None else {"teacher": {metric: keep[0].best}, "student": {metric: keep[1].best}}}
 
 
-def _validate(keep: KeepBest, teacher, student, tf, sf, valid, label, log: RunLog, epoch: int, step: int) -> bool:
+def _validate(keep: tuple[KeepBest, KeepBest], teacher, student, tf, sf, valid, label, log: RunLog,
+              epoch: int, step: int) -> bool:
     t_scores = evaluate(teacher, valid, tf, label)
     log.evaluation({"phase": "sync", "model": "teacher", "epoch": epoch, "step": step, **t_scores})
     s_scores = evaluate(student, valid, sf, label)
     log.evaluation({"phase": "sync", "model": "student", "epoch": epoch, "step": step, **s_scores})
-    return keep.update(s_scores)
+    t_done, s_done = keep[0].update(t_scores), keep[1].update(s_scores)
+    return t_done and s_done

@@ -1,0 +1,134 @@
+"""The CLI end to end on small generated data, and what a user sees when the input is wrong."""
+import copy
+import json
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from distill.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_train_evaluate_and_compare(tmp_path, config_file):
+    out = tmp_path / "run"
+    r = invoke("train", config_file, "--output", out, "-q", "--set", "train.epochs=2")
+    assert r.exit_code == 0, r.output
+    assert "gain" in r.output and "student" in r.output
+    for name in ("config.yaml", "schema.json", "encoders.json", "metrics.json", "steps.jsonl", "evals.jsonl",
+                 "teacher.safetensors", "student.safetensors", "baseline.safetensors"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"teacher", "student", "baseline"} and set(metrics["student"]) == {"valid", "test"}
+    assert {"auc", "gauc", "logloss", "accuracy"} <= set(metrics["student"]["test"])
+    schema = json.loads((out / "schema.json").read_text())
+    assert [f["name"] for f in schema["privileged"]] == ["intent", "dwell"]
+
+    r = invoke("evaluate", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["student"]["test"] == pytest.approx(metrics["student"]["test"])
+
+    # new data without the privileged columns: the student is evaluated, the teacher skipped
+    test = pq.read_table(yaml.safe_load(config_file.read_text())["data"]["test"])
+    pq.write_table(test.drop_columns(["intent", "dwell"]), tmp_path / "serving_only.parquet")
+    r = invoke("evaluate", out, "--data", tmp_path / "serving_only.parquet", "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["teacher"]["data"] == {"skipped": "missing column 'intent'"}
+    assert result["student"]["data"]["auc"] == pytest.approx(metrics["student"]["test"]["auc"])
+
+    cmp_dir = tmp_path / "cmp"
+    r = invoke("compare", config_file, "--seeds", 2, "--output", cmp_dir, "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((cmp_dir / "compare.json").read_text())
+    assert summary["split"] == "test" and summary["seeds"] == 2
+    for role in ("teacher", "baseline", "student"):
+        assert set(summary[role]["auc"]) == {"mean", "std"}
+    s, b, t = (summary[k]["auc"]["mean"] for k in ("student", "baseline", "teacher"))
+    assert summary["gap_closed"]["auc"] == pytest.approx((s - b) / (t - b))
+    assert (cmp_dir / "compare.md").read_text().count("| teacher |") == 1
+    assert (cmp_dir / "seed_0" / "metrics.json").is_file() and (cmp_dir / "seed_1" / "metrics.json").is_file()
+
+
+def bad_case(tmp_path, raw, mutate):
+    raw = copy.deepcopy(raw)
+    mutate(raw, tmp_path)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _write(raw, split, table):
+    pq.write_table(table, raw["data"][split])
+
+
+BAD = {
+    "unknown key": (lambda raw, tmp: raw["train"].update(lr_rate=1), "unknown key 'train.lr_rate' (did you mean 'lr'?)"),
+    "missing column": (lambda raw, tmp: raw["features"].append({"name": "colour", "type": "categorical"}),
+                       "train.parquet: missing column 'colour'"),
+    "label outside task": (lambda raw, tmp: _write(raw, "train", pq.read_table(raw["data"]["train"]).set_column(6, "click", [[3] * 600])),
+                           "label 'click' must be 0 or 1"),
+    "feature twice": (lambda raw, tmp: raw["features"].append({"name": "user", "type": "numeric"}), "feature 'user' is listed twice"),
+    "student privileged": (lambda raw, tmp: raw["student"].update(features=["user", "dwell"]), "student.features: 'dwell' is privileged"),
+    "empty split": (lambda raw, tmp: _write(raw, "valid", pq.read_table(raw["data"]["valid"]).slice(0, 0)), "valid.parquet: the split has no rows"),
+    "missing file": (lambda raw, tmp: raw["data"].update(test=str(tmp / "nope.parquet")), "nope.parquet: file not found"),
+    "ragged csv": (lambda raw, tmp: ((tmp / "r.csv").write_text("user,click\n1,0\n2,1,5\n"), raw["data"].update(train=str(tmp / "r.csv"))),
+                   "r.csv: cannot read as csv"),
+    "empty file": (lambda raw, tmp: ((tmp / "e.csv").write_text(""), raw["data"].update(train=str(tmp / "e.csv"))), "e.csv: the file is empty"),
+    "wrong column type": (lambda raw, tmp: _write(raw, "train", pq.read_table(raw["data"]["train"]).set_column(2, "price", [["cheap"] * 600])),
+                          "column 'price' is string, expected numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path, raw_config, case):
+    mutate, message = BAD[case]
+    path = bad_case(tmp_path, raw_config, mutate)
+    r = invoke("train", path, "-q")
+    assert r.exit_code == 2, r.output
+    assert message in r.output.replace("\n", ""), r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()  # nothing half-written
+
+
+def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, config_file):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    r = invoke("train", config_file, "-q")
+    assert r.exit_code == 2 and "pass --overwrite" in r.output
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_bad_set_override(config_file):
+    r = invoke("train", config_file, "--set", "train.epochs")
+    assert r.exit_code == 2 and "write it as key=value" in r.output
+
+
+def test_evaluate_a_directory_that_is_not_a_run(tmp_path):
+    r = invoke("evaluate", tmp_path)
+    assert r.exit_code == 2 and "not a distill run directory" in r.output
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {train: x.parquet}\ntask: {label: y}\nfeatures: []\nbogus: 1\n")
+    p = subprocess.run([sys.executable, "-m", "distill", "train", str(cfg)], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "unknown key 'bogus'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_demo_runs_and_the_student_beats_the_baseline(tmp_path):
+    r = invoke("demo", "--output", tmp_path / "demo", "--seeds", 1, "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
+    assert summary["teacher"]["auc"]["mean"] > summary["baseline"]["auc"]["mean"] + 0.05
+    assert "distill demo" in r.output and "gap closed" in r.output
