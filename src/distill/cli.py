@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distill.config import load_config
-from distill.errors import DistillError
+from distill.errors import DistillError, MissingFeatureError
 
 app = typer.Typer(
     help="Knowledge distillation for recommendation and classification: train a teacher and a "
@@ -32,7 +32,7 @@ def guarded(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DistillError as e:
+        except (DistillError, MissingFeatureError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

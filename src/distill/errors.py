@@ -7,3 +7,7 @@ distill and keeps its traceback.
 
 class DistillError(Exception):
     """A user's mistake (config, data, checkpoint, request): the message names what to fix."""
+
+
+class MissingFeatureError(LookupError):
+    """A model asked a batch for a feature the batch does not carry (e.g. a privileged one)."""

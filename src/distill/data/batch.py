@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
-class MissingFeatureError(LookupError):
-    """A model asked a batch for a feature the batch does not carry (e.g. a privileged one)."""
+from distill.errors import MissingFeatureError
 
 
 @dataclass
