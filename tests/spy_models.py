@@ -41,3 +41,29 @@ def greedy(spec):
 
 def not_a_module(spec):
     return "nope"
+
+
+class Explode(nn.Module):
+    """Trains normally for a few steps, then returns NaN: divergence must stop the run cleanly."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.inner = MODELS["dnn"](spec)
+        self.embedding = self.inner.embedding
+        self.calls = 0
+
+    def forward(self, batch):
+        out = self.inner(batch)
+        if self.training:
+            self.calls += 1
+            if self.calls > spec_limit(self):
+                return out * float("nan")
+        return out
+
+
+def spec_limit(model) -> int:
+    return 7
+
+
+def explode(spec):
+    return Explode(spec)

@@ -85,11 +85,13 @@ SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set 
 def train(config: Path = typer.Argument(..., help="The YAML config."),
           output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
           overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+          resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
           set_: Optional[list[str]] = SetOption,
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines.")) -> None:
     """Train teacher, student and the no-distillation baseline; write a run directory."""
     from distill.run import train as train_run
-    run = train_run(load_config(config, parse_overrides(set_)), output=output, overwrite=overwrite, quiet=quiet)
+    run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
+                    quiet=quiet, resume=resume is not None)
     out.print(metrics_table(run.metrics, f"{run.path}"))
     out.print(f"run written to [bold]{run.path}[/]")
 

@@ -116,6 +116,8 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
     baseline: bool = True  # also train the student alone, so the run says what distillation gained
     log_every: int = Field(default=1, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)  # steps; resumable checkpoints
+    deterministic: bool = False  # torch.use_deterministic_algorithms
     threads: int | None = Field(default=None, gt=0)
 
 

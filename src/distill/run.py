@@ -35,7 +35,9 @@ from distill.data.io import read_table
 from distill.errors import DistillError
 from distill.models import build_model
 from distill.models.parts import FeatureInfo, share_tables
-from distill.training.asynchronous import train_async
+from distill.data.loader import InMemoryLoader
+from distill.training.asynchronous import train_async_student
+from distill.training.checkpoint import Checkpoints, atomic_write, require_good
 from distill.training.common import RunLog, evaluate, predict_logits, to_output
 from distill.training.single import train_single
 from distill.training.sync import train_sync
@@ -75,7 +77,7 @@ def publish(partial: Path, output: Path) -> None:
 
 
 def save_checkpoint(model: nn.Module, path: Path, cfg: Config, role: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     save_model(model, str(tmp), metadata={"role": role, "config": json.dumps(cfg.model_dump(mode="json"))})
     os.replace(tmp, path)
 
@@ -87,8 +89,11 @@ def versions() -> dict[str, str]:
 
 
 def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False, quiet: bool = False,
-          splits: Splits | None = None) -> "Run":
+          splits: Splits | None = None, resume: bool = False) -> "Run":
     """Train teacher, student and (unless `train.baseline` is false) the baseline; write the run.
+
+    With `resume`, continue an interrupted run from the newest good checkpoint in
+    `<output>.partial/checkpoints` (written every `train.checkpoint_every` steps).
 
     >>> run = train(load_config("config.yaml"))        # doctest: +SKIP
     >>> run.metrics["student"]["test"]["auc"]
@@ -97,9 +102,11 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     output = Path(output or cfg.output)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    torch.use_deterministic_algorithms(cfg.train.deterministic)
     mode, seed = cfg.distillation.mode, cfg.train.seed
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
-    partial = prepare_output(output, overwrite)
+    partial = resume_output(output, cfg) if resume else prepare_output(output, overwrite)
+    (partial / "config.yaml").write_text(dump_config(cfg))
     log = RunLog(partial, quiet)
     try:
         for w in warnings:
@@ -110,60 +117,121 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         info: dict[str, Any] = {"mode": mode, "seed": seed, "warnings": warnings, "versions": versions(),
                                 "rows": {"train": len(splits.train)}, "load_seconds": time.perf_counter() - t0,
                                 "filled_values": splits.train.missing}
-        for w in (f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged"
-                  for n, c in splits.train.missing.items()):
-            log.info(w)
-        models: dict[str, nn.Module] = {}
-        features: dict[str, list[str]] = {}
+        for n, c in splits.train.missing.items():
+            log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged")
         label = splits.encoders.label
-        if mode != "none":
-            student, features["student"] = build(cfg, splits.encoders, "student", seed)
-            models["student"] = student
-        if mode in ("sync", "async"):
-            if teacher_run is not None:
-                teacher, features["teacher"] = teacher_run.models["teacher"], teacher_run.features["teacher"]
-            else:
-                teacher, features["teacher"] = build(cfg, splits.encoders, "teacher", seed)
-            models["teacher"] = teacher
+        models, features = _build_all(cfg, splits.encoders, teacher_run)
+        if "teacher" in models:
             log.info(f"teacher: {cfg.teacher.model} on {len(features['teacher'])} features "
-                     f"({_params(teacher):,} parameters); student: {cfg.student.model} on "
+                     f"({_params(models['teacher']):,} parameters); student: {cfg.student.model} on "
                      f"{len(features['student'])} serving features ({_params(models['student']):,} parameters)")
-        t_train = time.perf_counter()
+        if mode == "sync" and cfg.distillation.share_embeddings:
+            common = [n for n in features["student"] if n in features["teacher"] and n not in cfg.distillation.separate_embeddings]
+            info["shared_tables"] = share_tables(models["teacher"], models["student"], common)
+            log.info(f"sharing embedding tables: {', '.join(info['shared_tables']) or 'none'}")
+
+        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models)
+        if resume:
+            require_good(ckpt, partial)
+            for w in ckpt.warnings:
+                log.info(f"warning: {w}")
+            trim_logs(partial, ckpt)
+        loader = InMemoryLoader(splits.train, cfg.train.batch_size, seed)
+        valid = splits.valid
+
+        def phase(name: str, fn, *args, **kwargs) -> None:
+            """Run one training phase unless a checkpoint says it is already done."""
+            if name not in ckpt.completed:
+                t = time.perf_counter()
+                summary = fn(*args, **kwargs, ckpt=ckpt)
+                summary["wall_seconds"] = time.perf_counter() - t
+                ckpt.finish(name, summary)
+
         if mode == "sync":
-            shared: list[str] = []
-            if cfg.distillation.share_embeddings:
-                common = [n for n in features["student"] if n in features["teacher"] and n not in cfg.distillation.separate_embeddings]
-                shared = share_tables(models["teacher"], models["student"], common)
-                log.info(f"sharing embedding tables: {', '.join(shared) or 'none'}")
-            info["shared_tables"] = shared
-            info["train"] = train_sync(cfg, models["teacher"], models["student"], features["teacher"],
-                                       features["student"], splits.train, splits.valid, label, log)
+            phase("sync", train_sync, cfg, models["teacher"], models["student"], features["teacher"],
+                  features["student"], loader, valid, label, log)
         elif mode == "async":
-            info["train"] = train_async(cfg, models["teacher"], models["student"], features["teacher"],
-                                        features["student"], splits.train, splits.valid, label, log,
-                                        teacher_trained=teacher_run is not None)
+            if teacher_run is None:
+                log.info("async: training the teacher")
+                phase("teacher", train_single, cfg, models["teacher"], features["teacher"], loader, valid, label, log, "teacher")
+            phase("student", train_async_student, cfg, models["teacher"], models["student"], features["teacher"],
+                  features["student"], loader, valid, label, log)
         elif mode == "offline":
-            info["train"] = train_single(cfg, models["student"], features["student"], splits.train, splits.valid,
-                                         label, log, phase="student", soft=splits.train.soft)
-        info["train_seconds"] = time.perf_counter() - t_train
-        if cfg.train.baseline or mode == "none":
+            phase("student", train_single, cfg, models["student"], features["student"], loader, valid, label, log,
+                  "student", soft=splits.train.soft)
+        if "baseline" in models:
             log.info("training the baseline: the same student without distillation")
-            t_base = time.perf_counter()
-            baseline, features["baseline"] = build(cfg, splits.encoders, "baseline", seed)
-            info["baseline"] = train_single(cfg, baseline, features["baseline"], splits.train, splits.valid,
-                                            label, log, phase="baseline")
-            info["baseline_seconds"] = time.perf_counter() - t_base
-            models["baseline"] = baseline
+            phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader, valid, label, log, "baseline")
+        info["phases"] = ckpt.completed
+        info["train_seconds"] = sum(v["wall_seconds"] for k, v in ckpt.completed.items() if k != "baseline")
+        if "baseline" in ckpt.completed:
+            info["baseline_seconds"] = ckpt.completed["baseline"]["wall_seconds"]
 
         results = {role: _evaluate_all(models[role], features[role], splits, label) for role in ROLES if role in models}
         _write_run(partial, cfg, splits.encoders, models, results, info)
         log.close()
+        shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: weights are saved
         publish(partial, output)
-    except BaseException:
+    except BaseException as e:
         log.close()
-        shutil.rmtree(partial, ignore_errors=True)
+        if cfg.train.checkpoint_every and any((partial / "checkpoints").glob("ckpt-*.pt")):
+            if isinstance(e, DistillError):  # keep what can be resumed, and say how
+                raise DistillError(f"{e}; checkpoints kept in {partial}, continue with --resume {output}") from None
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     return load_run(output)
+
+
+def _build_all(cfg: Config, encoders: Encoders, teacher_run: "Run | None") -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
+    """Every model the mode needs, built up front (so a checkpoint holds them all)."""
+    mode, seed = cfg.distillation.mode, cfg.train.seed
+    models: dict[str, nn.Module] = {}
+    features: dict[str, list[str]] = {}
+    if mode in ("sync", "async"):
+        if teacher_run is not None:
+            models["teacher"], features["teacher"] = teacher_run.models["teacher"], teacher_run.features["teacher"]
+        else:
+            models["teacher"], features["teacher"] = build(cfg, encoders, "teacher", seed)
+    if mode != "none":
+        models["student"], features["student"] = build(cfg, encoders, "student", seed)
+    if cfg.train.baseline or mode == "none":
+        models["baseline"], features["baseline"] = build(cfg, encoders, "baseline", seed)
+    return models, features
+
+
+def resume_output(output: Path, cfg: Config) -> Path:
+    """The `.partial` directory of an interrupted run, checked against the config."""
+    partial = output if output.name.endswith(".partial") else output.with_name(output.name + ".partial")
+    if not partial.is_dir():
+        hint = " (it finished: nothing to resume)" if (output / "metrics.json").is_file() else ""
+        raise DistillError(f"--resume {output}: no interrupted run there (no {partial.name}){hint}")
+    saved = partial / "config.yaml"
+    if saved.is_file():
+        import yaml
+        theirs = yaml.safe_load(saved.read_text())
+        ours = cfg.model_dump(mode="json")
+        diff = [k for k in ours if k != "output" and ours.get(k) != theirs.get(k)]
+        if diff:
+            raise DistillError(f"--resume {output}: the config differs from the interrupted run's in '{diff[0]}'")
+    return partial
+
+
+def trim_logs(partial: Path, ckpt: Checkpoints) -> None:
+    """Drop log lines written after the checkpoint we resume from: those steps run again."""
+    current = ckpt.resume
+    for name in ("steps.jsonl", "evals.jsonl"):
+        path = partial / name
+        if not path.is_file():
+            continue
+        kept = []
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            done = rec["phase"] in ckpt.completed
+            redo_from = current["step"] + (0 if name == "steps.jsonl" else 1) if current and rec["phase"] == current["phase"] else None
+            if done or (redo_from is not None and rec["step"] < redo_from):
+                kept.append(line)
+        atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
 
 def _params(m: nn.Module) -> int:

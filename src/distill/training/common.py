@@ -143,6 +143,12 @@ class KeepBest:
         self.bad += 1
         return self.patience is not None and self.bad >= self.patience
 
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad, "best_state": self.best_state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best, self.bad, self.best_state = state["best"], state["bad"], state["best_state"]
+
     def restore(self) -> None:
         if self.best_state is not None:
             for m, s in zip(self.models, self.best_state):

@@ -7,7 +7,6 @@ both phases of `async` (the teacher alone, then the student against the teacher'
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -17,26 +16,36 @@ from distill import schedules
 from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
+from distill.data.loader import InMemoryLoader
 from distill.losses import distill_loss, hard_loss
+from distill.training.checkpoint import Checkpoints
 from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
                                      stopping_metric, unique_parameters)
 
 
-def train_single(cfg: Config, model: nn.Module, features: list[str], train: Encoded, valid: Encoded | None,
-                 label: LabelEncoder, log: RunLog, phase: str, soft: torch.Tensor | None = None) -> dict:
+def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InMemoryLoader, valid: Encoded | None,
+                 label: LabelEncoder, log: RunLog, phase: str, soft: torch.Tensor | None = None,
+                 ckpt: Checkpoints | None = None) -> dict:
     """Train `model` in place (best validation weights restored); returns a summary dict."""
     task, d = cfg.task.type, cfg.distillation
-    n, bs = len(train), cfg.train.batch_size
-    every = eval_points(cfg, math.ceil(n / bs))
+    every = eval_points(cfg, len(loader))
     metric, patience = stopping_metric(cfg)
     keep = KeepBest(metric, patience, [model]) if valid is not None else None
     opt = make_optimizer(cfg, unique_parameters(model))
-    gen = torch.Generator().manual_seed(cfg.train.seed)  # the data order: same for baseline and student
+    step, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
+    resume = ckpt.resume_for(phase) if ckpt else None
+    if resume:  # continue exactly where the checkpoint left off
+        step, first_epoch, start = resume["step"], resume["epoch"], resume["batch"]
+        opt.load_state_dict(resume["optimizer"])
+        if keep is not None:
+            keep.load_state(resume["keep"])
+        torch.set_rng_state(resume["rng"])
+        log.info(f"[{phase}] resuming at step {step} (epoch {first_epoch}, batch {start})")
     model.train()
-    step, stop, t0 = 0, False, time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        order = torch.randperm(n, generator=gen)
-        for batch in train.batches(bs, order):
+    epoch = first_epoch
+    for epoch in range(first_epoch, cfg.train.epochs):
+        for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
+                                  start=start if epoch == first_epoch else 0):
             logits = model(batch.select(features))  # (B,) or (B, C)
             l_s = hard_loss(logits, batch.y, task, batch.weight)
             terms = {"L_s": l_s}
@@ -62,6 +71,10 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], train: Enco
                 stop = keep.update(scores)
                 if stop:
                     break
+            if ckpt:
+                ckpt.maybe_save(phase, step, lambda: {
+                    "epoch": epoch, "batch": b + 1, "optimizer": opt.state_dict(),
+                    "keep": keep.state() if keep else None, "rng": torch.get_rng_state()})
         if stop:
             break
     if keep is not None:

@@ -9,7 +9,6 @@ schedule: an untrained teacher should not lead the student early (the PFD paper'
 """
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -19,17 +18,18 @@ from distill import schedules
 from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
+from distill.data.loader import InMemoryLoader
 from distill.losses import distill_loss, hard_loss
+from distill.training.checkpoint import Checkpoints
 from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
                                      stopping_metric, unique_parameters)
 
 
 def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_features: list[str],
-               student_features: list[str], train: Encoded, valid: Encoded | None, label: LabelEncoder,
-               log: RunLog) -> dict:
+               student_features: list[str], loader: InMemoryLoader, valid: Encoded | None, label: LabelEncoder,
+               log: RunLog, ckpt: Checkpoints | None = None) -> dict:
     task, d = cfg.task.type, cfg.distillation
-    n, bs = len(train), cfg.train.batch_size
-    every = eval_points(cfg, math.ceil(n / bs))
+    every = eval_points(cfg, len(loader))
     metric, patience = stopping_metric(cfg)
     # Each model keeps its own best weights; training stops when neither has improved for
     # `patience` evaluations (a teacher still improving keeps teaching). With shared tables the
@@ -39,13 +39,22 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
     if valid is not None:
         keep = (KeepBest(metric, patience, [teacher]), KeepBest(metric, patience, [teacher, student] if shared else [student]))
     opt = make_optimizer(cfg, unique_parameters(teacher, student))
-    gen = torch.Generator().manual_seed(cfg.train.seed)
+    step, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
+    resume = ckpt.resume_for("sync") if ckpt else None
+    if resume:  # continue exactly where the checkpoint left off
+        step, first_epoch, start = resume["step"], resume["epoch"], resume["batch"]
+        opt.load_state_dict(resume["optimizer"])
+        if keep is not None:
+            keep[0].load_state(resume["keep"][0])
+            keep[1].load_state(resume["keep"][1])
+        torch.set_rng_state(resume["rng"])
+        log.info(f"[sync] resuming at step {step} (epoch {first_epoch}, batch {start})")
     teacher.train()
     student.train()
-    step, stop, t0 = 0, False, time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        order = torch.randperm(n, generator=gen)
-        for batch in train.batches(bs, order):
+    epoch = first_epoch
+    for epoch in range(first_epoch, cfg.train.epochs):
+        for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
+                                  start=start if epoch == first_epoch else 0):
             t_logits = teacher(batch.select(teacher_features))  # sees serving + privileged
             s_logits = student(batch.select(student_features))  # sees serving features only
             lam = schedules.lam(d.schedule.type, step, d.weight, d.schedule.steps)
@@ -66,6 +75,10 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
                 stop = _validate(keep, teacher, student, teacher_features, student_features, valid, label, log, epoch, step)
                 if stop:
                     break
+            if ckpt:
+                ckpt.maybe_save("sync", step, lambda: {
+                    "epoch": epoch, "batch": b + 1, "optimizer": opt.state_dict(),
+                    "keep": [k.state() for k in keep] if keep else None, "rng": torch.get_rng_state()})
         if stop:
             break
     if keep is not None:

@@ -1,0 +1,35 @@
+"""Batches of a split for training: a deterministic order per epoch, resumable mid-epoch.
+
+The order of epoch e depends only on (seed, e), never on how many epochs ran before in this
+process, so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from distill.data.batch import Batch, Encoded
+
+
+class InMemoryLoader:
+    """Shuffled batches over an `Encoded` split held in memory (slices: no per-sample work)."""
+
+    def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True):
+        self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) / self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = len(self.data)
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch`, from batch number `start` on."""
+        order = self.order(epoch)
+        for b in range(start, len(self)):
+            yield self.data.batch(order[b * self.batch_size:(b + 1) * self.batch_size])
