@@ -31,6 +31,9 @@ class DataConfig(Strict):
     valid: str | None = None
     test: str | None = None
     format: Literal["auto", "parquet", "csv"] = "auto"
+    streaming: bool = False  # train from Parquet row groups without loading the split (see data/stream.py)
+    shuffle_buffer: int = Field(default=262_144, gt=0)  # streaming: rows shuffled together
+    prefetch: int = Field(default=2, ge=0)  # streaming: row groups read ahead on a background thread
 
 
 class TaskConfig(Strict):

@@ -36,6 +36,7 @@ from distill.errors import DistillError
 from distill.models import build_model
 from distill.models.parts import FeatureInfo, share_tables
 from distill.data.loader import InMemoryLoader
+from distill.data.stream import StreamingLoader
 from distill.training.asynchronous import train_async_student
 from distill.training.checkpoint import Checkpoints, atomic_write, require_good
 from distill.training.common import RunLog, evaluate, predict_logits, to_output
@@ -114,10 +115,11 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         t0 = time.perf_counter()
         if splits is None:
             splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
+        loader = make_loader(cfg, splits)
         info: dict[str, Any] = {"mode": mode, "seed": seed, "warnings": warnings, "versions": versions(),
-                                "rows": {"train": len(splits.train)}, "load_seconds": time.perf_counter() - t0,
-                                "filled_values": splits.train.missing}
-        for n, c in splits.train.missing.items():
+                                "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
+                                "filled_values": splits.train_missing or {}}
+        for n, c in (splits.train_missing or {}).items():
             log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged")
         label = splits.encoders.label
         models, features = _build_all(cfg, splits.encoders, teacher_run)
@@ -136,7 +138,6 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             for w in ckpt.warnings:
                 log.info(f"warning: {w}")
             trim_logs(partial, ckpt)
-        loader = InMemoryLoader(splits.train, cfg.train.batch_size, seed)
         valid = splits.valid
 
         def phase(name: str, fn, *args, **kwargs) -> None:
@@ -158,7 +159,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                   features["student"], loader, valid, label, log)
         elif mode == "offline":
             phase("student", train_single, cfg, models["student"], features["student"], loader, valid, label, log,
-                  "student", soft=splits.train.soft)
+                  "student", soft=lambda batch: batch.soft)
         if "baseline" in models:
             log.info("training the baseline: the same student without distillation")
             phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader, valid, label, log, "baseline")
@@ -181,6 +182,14 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             shutil.rmtree(partial, ignore_errors=True)
         raise
     return load_run(output)
+
+
+def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoader":
+    if cfg.data.streaming:
+        soft = cfg.distillation.soft_label if cfg.distillation.mode == "offline" else None
+        return StreamingLoader(cfg, splits.encoders, soft_label=soft)
+    assert splits.train is not None
+    return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)
 
 
 def _build_all(cfg: Config, encoders: Encoders, teacher_run: "Run | None") -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
@@ -244,7 +253,7 @@ def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label) 
         data = getattr(splits, split)
         if data is not None:
             out[split] = evaluate(model, data, features, label)
-    if not out:
+    if not out and splits.train is not None:
         out["train"] = evaluate(model, splits.train, features, label)
     return out
 

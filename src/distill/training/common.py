@@ -55,6 +55,22 @@ def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_s
     return torch.cat(out)  # (N,) or (N, C)
 
 
+@torch.no_grad()
+def predict_rows(model: nn.Module, loader, features: list[str]) -> torch.Tensor:
+    """Logits for every training row, placed by row number (works for streamed splits too)."""
+    was_training = model.training
+    model.eval()
+    out: torch.Tensor | None = None
+    for b in loader.ordered():
+        z = model(b.select(features))
+        if out is None:
+            out = torch.empty((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
+        out[b.index] = z
+    model.train(was_training)
+    assert out is not None
+    return out
+
+
 def to_output(logits: torch.Tensor, label: LabelEncoder, temperature: float = 1.0) -> np.ndarray:
     """Logits → what a user reads: probability, class probabilities, or a value on the label's scale."""
     if label.task == "binary":
