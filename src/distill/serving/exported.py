@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -68,7 +69,9 @@ class ExportedModel:
             if threads:
                 torch.set_num_threads(threads)
             extra = {INPUT_NAMES: ""}
-            self._module = torch.jit.load(str(path), _extra_files=extra).eval()
+            with warnings.catch_warnings():  # "deprecated": TorchScript is the format asked for
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._module = torch.jit.load(str(path), _extra_files=extra).eval()
             arity = len(list(self._module.graph.inputs())) - 1  # after `self`
             named = json.loads(extra[INPUT_NAMES] or "[]")
             # the archive's names for the positional inputs; a count mismatch shows as extra "?"s

@@ -87,7 +87,9 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
                 if summary.ignored and on_ignored:
                     on_ignored(summary)  # said once, not once per chunk
             columns = list(dict.fromkeys(model.names + keep))
-            types = {n: (pa.string() if model.kinds[n] != "numeric" else ROW_TYPES["numeric"]) for n in model.names}
+            # (a kept column keeps the type the file gives it, even when the student reads it too)
+            types = {n: (pa.string() if model.kinds[n] != "numeric" else ROW_TYPES["numeric"])
+                     for n in model.names if n not in keep}
             try:
                 for batch in iter_chunks(path, kind, columns, types, chunk_rows):
                     table = pa.Table.from_batches([batch])
