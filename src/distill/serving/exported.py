@@ -31,6 +31,7 @@ class ExportedModel:
 
     def __init__(self, directory: str | Path, threads: int | None = None):
         self.directory = Path(directory)
+        self._tmp: tempfile.TemporaryDirectory | None = None  # set by load_model for an on-the-fly export
         path = self.directory / "manifest.json"
         if not path.is_file():
             raise DistillError(f"{self.directory}: not an exported model (no manifest.json)")
@@ -169,5 +170,5 @@ def load_model(source: str | Path, fmt: str = "onnx", threads: int | None = None
         raise DistillError(f"{source}: neither a run directory (config.yaml) nor an exported model (manifest.json)")
     tmp = tempfile.TemporaryDirectory(prefix="distill-export-")
     model = ExportedModel(export(source, fmt, Path(tmp.name) / "model"), threads)
-    model._tmp = tmp  # removed when the model is garbage-collected
+    model._tmp = tmp  # the directory goes when the model does
     return model
