@@ -53,6 +53,7 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     return {"cpu": model, "cores": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine moves the numbers
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -185,7 +186,8 @@ def write_results(out: Path, info: dict[str, Any], rows: list[dict[str, Any]], h
                     "p50_ms": f"{http['p50_ms']:.4f}", "p99_ms": f"{http['p99_ms']:.4f}", "rows_per_s_at_1024": ""})
     lines = [
         "# Serving benchmark", "",
-        f"Machine: {info['cpu']}, {info['cores']} logical cores ({info['affinity']} usable), shared with other work; "
+        f"Machine: {info['cpu']}, {info['cores']} logical cores ({info['affinity']} usable), shared with other work "
+        f"(load average {info['load_average_1min']} when the run ended); "
         f"Python {info['python']}, torch {info['torch']}, onnxruntime {info['onnxruntime']}; {info['date']}.",
         f"Setup: {notes['setup']}", "",
         "## In process (one thread)", "",

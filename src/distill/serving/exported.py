@@ -54,7 +54,12 @@ class ExportedModel:
                                                 "features": [{k: v for k, v in f.items() if k != "input"}
                                                              for f in self.manifest["serving"]]},
                                                source=str(path))
-        self._load_graph(graph_file, threads)
+        try:
+            self._load_graph(graph_file, threads)
+        except DistillError:
+            raise
+        except Exception as e:  # the runtimes raise their own types for a file they cannot read
+            raise DistillError(f"{graph_file}: cannot load the {self.format} graph ({str(e).strip().splitlines()[0]})") from None
 
     def _load_graph(self, path: Path, threads: int | None) -> None:
         if self.format == "onnx":
