@@ -62,7 +62,7 @@ def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel) -> st
     branch = "list" if isinstance(body, list) else "Row"
     picked = [e for e in errors if len(e["loc"]) < 2 or str(e["loc"][1]).startswith(branch)] or errors
     e = picked[0]
-    loc = [p for p in e["loc"][2:] if not (isinstance(p, str) and p in ("str", "int", "float", "list[union[str,int]]"))]
+    loc = list(e["loc"][2:])  # after ("body", branch): [row index,] field [, union member tags]
     if e["type"] == "json_invalid":
         return f"the body is not valid JSON: {e['msg']}"
     if len(e["loc"]) < 2:
