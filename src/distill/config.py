@@ -114,6 +114,9 @@ class TrainConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd", "adagrad", "rmsprop"] = "adam"
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    # Row-wise embedding updates: tables get sparse gradients and SparseAdam (lazy Adam) updates only
+    # the rows a batch touched, so a step costs in proportion to those rows, not to the table size.
+    sparse_embeddings: bool = False
     seed: int = 0
     eval_every: int | None = Field(default=None, gt=0)  # steps; default once per epoch
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)

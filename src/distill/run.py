@@ -56,7 +56,8 @@ def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Mod
     names = [f.name for f in schema.model_features(cfg, section)]
     torch.manual_seed(seed + (0 if role == "teacher" else 1))  # baseline and student start identical
     try:
-        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim)
+        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim,
+                            sparse=cfg.train.sparse_embeddings)
     except (ValueError, TypeError) as e:
         raise DistillError(f"{section}.model '{getattr(cfg, section).model}': {e}") from None
     return model, names

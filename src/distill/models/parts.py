@@ -35,6 +35,7 @@ class ModelSpec:
     tower_dim: int = 32
     user_features: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    sparse: bool = False  # embedding tables with sparse gradients (train.sparse_embeddings)
 
     def subset(self, names: set[str]) -> tuple[FeatureInfo, ...]:
         return tuple(f for f in self.features if f.name in names)
@@ -47,7 +48,7 @@ class FeatureEmbedding(nn.Module):
     concatenated (B, 2·N). Tables are keyed by feature name so the sync loop can share them.
     """
 
-    def __init__(self, features: tuple[FeatureInfo, ...], dim: int):
+    def __init__(self, features: tuple[FeatureInfo, ...], dim: int, sparse: bool = False):
         super().__init__()
         self.dim = dim
         self.sparse_names = [f.name for f in features if f.type != "numeric"]
@@ -55,11 +56,11 @@ class FeatureEmbedding(nn.Module):
         self.tables = nn.ModuleDict()
         for f in features:
             if f.type == "categorical":
-                self.tables[f.name] = nn.Embedding(f.cardinality, dim)
+                self.tables[f.name] = nn.Embedding(f.cardinality, dim, sparse=sparse)
             elif f.type == "multi_categorical":
                 # An nn.Embedding + masked mean rather than nn.EmbeddingBag: the same numbers, but
                 # EmbeddingBag with padding_idx does not export to ONNX, and serving needs it to.
-                self.tables[f.name] = nn.Embedding(f.cardinality, dim, padding_idx=0)
+                self.tables[f.name] = nn.Embedding(f.cardinality, dim, padding_idx=0, sparse=sparse)
         self.multi_names = {f.name for f in features if f.type == "multi_categorical"}
         for n, t in self.tables.items():
             nn.init.normal_(t.weight, std=0.05)

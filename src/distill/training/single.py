@@ -36,7 +36,7 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InM
     every = eval_points(cfg, len(loader))
     metric, patience = stopping_metric(cfg)
     keep = KeepBest(metric, patience, [model]) if valid is not None else None
-    opt = make_optimizer(cfg, unique_parameters(model))
+    opt = make_optimizer(cfg, unique_parameters(model), (model,))
     step, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
     resume = ckpt.resume_for(phase) if ckpt else None
     if resume:  # continue exactly where the checkpoint left off
