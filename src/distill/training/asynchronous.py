@@ -10,6 +10,7 @@ import time
 
 from torch import nn
 
+from distill import distributed
 from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
@@ -25,7 +26,9 @@ def train_async_student(cfg: Config, teacher: nn.Module, student: nn.Module, tea
     teacher.eval()
     teacher.requires_grad_(False)
     t0 = time.perf_counter()
-    soft = predict_logits(teacher, loader.data, teacher_features)  # (N,) or (N, C), once
+    # (N,) or (N, C), once; under torchrun each rank computes a slice and all ranks get every row.
+    # The frozen teacher is never wrapped in DDP: it has nothing to learn, so nothing to reduce.
+    soft = distributed.predict_all(lambda part: predict_logits(teacher, part, teacher_features), loader.data)
     soft_seconds = time.perf_counter() - t0
     log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
     summary = train_single(cfg, student, student_features, loader, valid, label, log, phase="student", soft=soft, ckpt=ckpt)
