@@ -4,6 +4,7 @@ Two processes under torchrun train like one (the global batch is the same, so th
 matches); metrics are computed over predictions gathered from every rank; a rank that dies makes
 the whole job fail within a bounded time, and its checkpoints resume under another world size.
 """
+import datetime
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -119,7 +121,8 @@ def free_port() -> int:
 def _rank_main(rank: int, port: int, run_dir: str, out_dir: str) -> None:
     """One of two ranks on loopback: metrics of a trained student over gathered predictions, a
     gather of uneven parts, and an error raised on rank 0 reaching rank 1."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))  # a bug here fails the test, never hangs it
     torch.set_num_threads(1)
     from distill.training.common import evaluate
     run = load_run(run_dir)
@@ -134,7 +137,7 @@ def _rank_main(rank: int, port: int, run_dir: str, out_dir: str) -> None:
         distributed.on_main(fail)
     except DistillError as e:
         result["error"] = str(e)
-    (__import__("pathlib").Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
