@@ -184,3 +184,30 @@ def test_sharded_loader_splits_every_global_batch_and_sees_each_row_once(world):
         assert seen == order  # rank slices in rank order rebuild each global batch
     # resuming mid-epoch starts at the same global batch on every rank
     assert [b.index.tolist() for b in ranks[0].epoch(1, start=2)] == [list(ranks[0].epoch(1))[2].index.tolist()]
+
+
+def _silent_peer_main(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1 joins, then hangs (as a stuck process on another machine would, which torchrun there
+    cannot see); rank 0's next collective must fail after DISTILL_DIST_TIMEOUT, not wait forever."""
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "DISTILL_DIST_TIMEOUT": "2"})
+    assert distributed.setup() and distributed.world() == 2
+    if rank == 1:
+        time.sleep(6)
+        os._exit(0)
+    t0 = time.time()
+    try:
+        distributed.barrier()
+        outcome = "returned"
+    except Exception as e:  # what run.train turns into its one-line error
+        failure = distributed.peer_failure(e)
+        outcome = str(failure) if failure else f"unexplained {type(e).__name__}: {e}"
+    (Path(out_dir) / "rank0.json").write_text(json.dumps({"outcome": outcome, "seconds": time.time() - t0}))
+    os._exit(0)  # the group is broken: leave without a teardown handshake
+
+
+def test_a_silent_rank_fails_the_collective_after_the_timeout(tmp_path):
+    mp.spawn(_silent_peer_main, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    got = json.loads((tmp_path / "rank0.json").read_text())
+    assert got["outcome"].startswith("timed out waiting for another rank"), got["outcome"]
+    assert 1.5 < got["seconds"] < 6, got

@@ -186,10 +186,12 @@ def peer_failure(error: BaseException) -> DistillError | None:
     text = str(error)
     if not (isinstance(error, dist.DistError) or "/gloo/" in text or "NCCL" in text):
         return None
-    reason = "timed out (DISTILL_DIST_TIMEOUT)" if "timed out" in text.lower() else "lost contact with another rank"
     detail = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0]  # drop gloo's source location
-    return DistillError(f"{reason} in a collective operation ({detail}); torchrun's 'Root Cause' names the rank "
-                        "that failed first")
+    if "timed out" in text.lower():
+        return DistillError(f"timed out waiting for another rank in a collective operation ({detail}; "
+                            "DISTILL_DIST_TIMEOUT): a rank is stuck, or died on another machine")
+    return DistillError(f"lost contact with another rank in a collective operation ({detail}); torchrun's "
+                        "'Root Cause' names the rank that failed first")
 
 
 def seed_rank(seed: int) -> None:
