@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.data.batch import Batch, Encoded
+from distill.data.loader import InMemoryLoader
 from distill.errors import DistillError
 
 T = TypeVar("T")
@@ -42,7 +43,7 @@ DEFAULT_TIMEOUT_S = 600
 def setup() -> bool:
     """Join the process group torchrun described in the environment; True when distributed.
 
-    Idempotent: `compare` calls `train` once per seed in the same processes.
+    Idempotent: `train` may run more than once in a process.
     """
     if dist.is_available() and dist.is_initialized():
         return True
@@ -51,9 +52,10 @@ def setup() -> bool:
     raw = os.environ.get("DISTILL_DIST_TIMEOUT", str(DEFAULT_TIMEOUT_S))
     try:
         timeout = float(raw)
-        assert timeout > 0
-    except (ValueError, AssertionError):
-        raise DistillError(f"DISTILL_DIST_TIMEOUT='{raw}': give the collective timeout in seconds (> 0)") from None
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise DistillError(f"DISTILL_DIST_TIMEOUT='{raw}': give the collective timeout in seconds (> 0)")
     # The models train on the CPU in this version, so gloo; NCCL needs the model and batches on a
     # GPU (DISTILL_DIST_BACKEND=nccl once they are).
     backend = os.environ.get("DISTILL_DIST_BACKEND", "gloo")
@@ -217,7 +219,7 @@ class ShardedLoader:
     every rank at every step) but adds nothing to the loss.
     """
 
-    def __init__(self, inner, rank_: int | None = None, world_: int | None = None):
+    def __init__(self, inner: InMemoryLoader, rank_: int | None = None, world_: int | None = None):
         self.inner = inner
         self.data: Encoded = inner.data
         self.batch_size = inner.batch_size
@@ -250,6 +252,6 @@ def _weightless(batch: Batch) -> Batch:
     return Batch(batch.features, batch.y, torch.zeros(len(batch)), batch.index)
 
 
-def shard(loader):
+def shard(loader: InMemoryLoader) -> InMemoryLoader | ShardedLoader:
     """`loader` itself for a world of one, else a `ShardedLoader` over it."""
     return ShardedLoader(loader) if active() else loader

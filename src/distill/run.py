@@ -9,7 +9,10 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}}
     steps.jsonl          one line per step: phase, step, epoch, λ, L_s, L_d, L_t, loss
     evals.jsonl          validation metrics at each evaluation
-    run.json             timings, shared tables, filled values, warnings, versions
+    run.json             timings, shared tables, filled values, warnings, versions, world size
+
+Under `torchrun --nproc_per_node=N -m distill train CONFIG` the same function runs on every rank;
+only rank 0 writes the run directory (docs/distributed.md, `distill.distributed`).
 """
 from __future__ import annotations
 
