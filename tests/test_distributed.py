@@ -81,6 +81,11 @@ def test_two_processes_train_like_one(demo):
     assert abs(student_auc(two) - single.metrics["student"]["test"]["auc"]) < TOLERANCE
     # batch_size is the global batch: the same number of optimizer steps whatever the world size
     assert len(steps(two)) == len(steps(single.path))
+    # ... and the same updates: DDP's averaged gradient of two half batches is the global batch's
+    from safetensors.torch import load_file
+    for role in ("teacher", "student"):
+        ours, theirs = load_file(two / f"{role}.safetensors"), load_file(single.path / f"{role}.safetensors")
+        assert max((ours[k] - theirs[k]).abs().max().item() for k in theirs) < 1e-3
     assert not (d / "two.partial").exists()
 
 
@@ -128,6 +133,7 @@ def _rank_main(rank: int, port: int, run_dir: str, out_dir: str) -> None:
     run = load_run(run_dir)
     valid = run.encoders.encode(run.config, pq.read_table(run.config.data.valid), "valid")
     result = {"metrics": evaluate(run.models["student"], valid, run.features["student"], run.encoders.label)}
+    result["first_batch"] = next(distributed.shard(InMemoryLoader(valid, 100, seed=0)).epoch(0)).index.tolist()
     result["gathered"] = distributed.gather_rows(torch.arange(3 if rank == 0 else 2) + 10 * rank).tolist()
 
     def fail():
@@ -157,6 +163,10 @@ def test_metrics_over_gathered_predictions_equal_single_process_metrics(demo, tm
         assert got["metrics"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
         assert got["gathered"] == [0, 1, 2, 10, 11]
         assert got["error"] == "output exists"  # rank 1 stops too, instead of waiting for rank 0
+    # the loader run.train builds under torchrun gives each rank its half of the global batch
+    halves = [json.loads((tmp_path / f"rank{rank}.json").read_text())["first_batch"] for rank in (0, 1)]
+    assert halves[0] + halves[1] == InMemoryLoader(valid, 100, seed=0).order(0)[:100].tolist()
+    assert len(halves[0]) == len(halves[1]) == 50
 
 
 # ----------------------------------------------------------------------------- the sharded loader
