@@ -124,8 +124,9 @@ def free_port() -> int:
 
 
 def _rank_main(rank: int, port: int, run_dir: str, out_dir: str) -> None:
-    """One of two ranks on loopback: metrics of a trained student over gathered predictions, a
-    gather of uneven parts, and an error raised on rank 0 reaching rank 1."""
+    """One of two ranks on loopback: metrics of a trained student over gathered predictions, the
+    sharded loader's first batch, a gather of uneven parts, and an error raised on rank 0
+    reaching rank 1."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))  # a bug here fails the test, never hangs it
     torch.set_num_threads(1)
