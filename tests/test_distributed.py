@@ -37,7 +37,7 @@ def demo(tmp_path_factory):
     """A reduced demo (the PFD impression log, 4k training rows) with its config, small models."""
     d = tmp_path_factory.mktemp("dist")
     for name, n, seed in (("train", 4000, 1), ("valid", 1500, 2), ("test", 1500, 3)):
-        pq.write_table(make_log(n, seed, n_users=400, n_items=150), d / f"{name}.parquet")
+        pq.write_table(make_log(n, seed, n_users=400, n_items=150), d / f"{name}.parquet", row_group_size=500)
     raw = yaml.safe_load(DEMO_CONFIG.replace("{data}", str(d)))
     raw["teacher"]["hidden"] = [32, 16]
     raw["student"]["hidden"] = [16]
@@ -91,7 +91,10 @@ def test_two_processes_train_like_one(demo):
 
 def test_a_killed_rank_fails_the_job_and_its_checkpoints_resume_in_one_process(demo):
     d, raw = demo
+    # async on the streamed split (row groups): the teacher phase, the soft labels each rank computes
+    # for its slices and sums with the others', then the student
     raw = raw | {"distillation": raw["distillation"] | {"mode": "async", "share_embeddings": False},
+                 "data": raw["data"] | {"streaming": True, "shuffle_buffer": 1000},
                  "train": raw["train"] | {"checkpoint_every": 5}}
     reference = train(cfg_of(raw), output=d / "async_single", quiet=True)
     n_steps = len(steps(reference.path))  # 16 per epoch: 32 teacher steps, then 32 student steps
@@ -193,6 +196,8 @@ def test_sharded_loader_splits_every_global_batch_and_sees_each_row_once(world):
         assert sorted(seen) == list(range(n))
         order = inner.order(epoch).tolist()
         assert seen == order  # rank slices in rank order rebuild each global batch
+    # inference (the async teacher's soft labels): each rank a slice of every row, together all rows once
+    assert sorted(i for loader in ranks for b in loader.ordered(batch_size=4) for i in b.index.tolist()) == list(range(n))
     # resuming mid-epoch starts at the same global batch on every rank
     assert [b.index.tolist() for b in ranks[0].epoch(1, start=2)] == [list(ranks[0].epoch(1))[2].index.tolist()]
 

@@ -22,6 +22,7 @@ either way. The design (docs/distributed.md has the long form):
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime
 import hashlib
 import os
@@ -34,6 +35,7 @@ from torch import nn
 
 from distill.data.batch import Batch, Encoded
 from distill.data.loader import InMemoryLoader
+from distill.data.stream import StreamingLoader
 from distill.errors import DistillError
 
 T = TypeVar("T")
@@ -206,25 +208,27 @@ def seed_rank(seed: int) -> None:
 
 
 class ShardedLoader:
-    """The batches of `InMemoryLoader`, split across ranks.
+    """The batches of another loader (in memory or streamed), split across ranks.
 
-    Every rank computes the same permutation for an epoch (it depends on seed and epoch only) and
-    cuts the same global batches of `batch_size` rows; rank r keeps the r-th contiguous slice of
-    each. So the number of steps per epoch, the schedules, `eval_every` and checkpoint positions
-    do not depend on the number of processes, each row is seen once per epoch by exactly one
-    rank, and a checkpoint (epoch, global batch) resumes under any number of processes.
+    Every rank draws the same global batches from `inner` (its order depends on seed and epoch
+    only) and keeps the r-th contiguous slice of each. So the number of steps per epoch, the
+    schedules, `eval_every` and checkpoint positions do not depend on the number of processes,
+    each row is seen once per epoch by exactly one rank, and a checkpoint (epoch, global batch)
+    resumes under any number of processes. (Each rank encodes whole global batches and keeps a
+    slice: cheap in memory; a streamed split is read by every rank.)
 
     When the epoch's last global batch has fewer rows than there are ranks, a rank left without
     rows gets one row with weight 0: it still takes part in the gradient reduction (DDP needs
     every rank at every step) but adds nothing to the loss.
     """
 
-    def __init__(self, inner: InMemoryLoader, rank_: int | None = None, world_: int | None = None):
+    def __init__(self, inner: InMemoryLoader | StreamingLoader, rank_: int | None = None, world_: int | None = None):
         self.inner = inner
-        self.data: Encoded = inner.data
-        self.batch_size = inner.batch_size
+        self.batch_size, self.num_rows = inner.batch_size, inner.num_rows
         self.rank = rank() if rank_ is None else rank_
         self.world = world() if world_ is None else world_
+        if self.num_rows < self.world:
+            raise DistillError(f"the training split has {self.num_rows} rows, fewer than the {self.world} processes")
         self._drawn = 0
         # Test hook for the failure test (tests/test_distributed.py): DISTILL_TEST_EXIT="r:k" makes
         # rank r exit abruptly when it draws its k-th batch, as a crashed or killed worker would.
@@ -235,23 +239,42 @@ class ShardedLoader:
         return len(self.inner)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        order = self.inner.order(epoch)
-        for b in range(start, len(self)):
-            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
-            lo, hi = shard_range(len(rows), self.rank, self.world)
+        for batch in self.inner.epoch(epoch, start):
             self._drawn += 1
             if self._exit_at is not None and self._drawn >= self._exit_at:
                 os._exit(3)
+            lo, hi = shard_range(len(batch), self.rank, self.world)
+            yield _rows_of(batch, lo, hi) if hi > lo else _weightless(_rows_of(batch, 0, 1))
+
+    def ordered(self, batch_size: int = 8192) -> Iterator[Batch]:
+        """This rank's slice of every row, in file order (teacher inference: see `sum_parts`)."""
+        for batch in self.inner.ordered(batch_size):
+            lo, hi = shard_range(len(batch), self.rank, self.world)
             if hi > lo:
-                yield self.data.batch(rows[lo:hi])
-            else:
-                yield _weightless(self.data.batch(rows[:1]))
+                yield _rows_of(batch, lo, hi)
+
+
+def _rows_of(batch: Batch, lo: int, hi: int) -> Batch:
+    """Rows [lo, hi) of every per-row field (features, y, weight, index, soft, ...)."""
+    parts: dict[str, Any] = {}
+    for f in dataclasses.fields(batch):
+        v = getattr(batch, f.name)
+        parts[f.name] = {n: t[lo:hi] for n, t in v.items()} if isinstance(v, dict) else None if v is None else v[lo:hi]
+    return Batch(**parts)
 
 
 def _weightless(batch: Batch) -> Batch:
-    return Batch(batch.features, batch.y, torch.zeros(len(batch)), batch.index)
+    return dataclasses.replace(batch, weight=torch.zeros(len(batch)))
 
 
-def shard(loader: InMemoryLoader) -> InMemoryLoader | ShardedLoader:
+def sum_parts(local: torch.Tensor) -> torch.Tensor:
+    """Every rank filled its own rows of `local` and left the others 0: after the sum, all rows
+    are filled on every rank."""
+    if active():
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+    return local
+
+
+def shard(loader: InMemoryLoader | StreamingLoader) -> InMemoryLoader | StreamingLoader | ShardedLoader:
     """`loader` itself for a world of one, else a `ShardedLoader` over it."""
     return ShardedLoader(loader) if active() else loader

@@ -39,6 +39,7 @@ from distill.errors import DistillError
 from distill.models import build_model
 from distill.models.parts import FeatureInfo, share_tables
 from distill.data.loader import InMemoryLoader
+from distill.data.stream import StreamingLoader
 from distill.training.asynchronous import train_async_student
 from distill.training.checkpoint import Checkpoints, atomic_write, require_good
 from distill.training.common import RunLog, evaluate, predict_logits, to_output
@@ -58,7 +59,8 @@ def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Mod
     names = [f.name for f in schema.model_features(cfg, section)]
     torch.manual_seed(seed + (0 if role == "teacher" else 1))  # baseline and student start identical
     try:
-        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim)
+        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim,
+                            sparse=cfg.train.sparse_embeddings)
     except (ValueError, TypeError) as e:
         raise DistillError(f"{section}.model '{getattr(cfg, section).model}': {e}") from None
     return model, names
@@ -126,12 +128,13 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         t0 = time.perf_counter()
         if splits is None:
             splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
-        distributed.agree("encoders and training rows", (splits.encoders.to_dict(), len(splits.train)))
+        loader = make_loader(cfg, splits)
+        distributed.agree("encoders and training rows", (splits.encoders.to_dict(), loader.num_rows))
         info: dict[str, Any] = {"mode": mode, "seed": seed, "warnings": warnings, "versions": versions(),
                                 "world_size": distributed.world(),
-                                "rows": {"train": len(splits.train)}, "load_seconds": time.perf_counter() - t0,
-                                "filled_values": splits.train.missing}
-        for n, c in splits.train.missing.items():
+                                "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
+                                "filled_values": splits.train_missing or {}}
+        for n, c in (splits.train_missing or {}).items():
             log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged")
         label = splits.encoders.label
         models, features = _build_all(cfg, splits.encoders, teacher_run)
@@ -151,7 +154,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             for w in ckpt.warnings:
                 log.info(f"warning: {w}")
         # under torchrun, rank r takes the r-th slice of each global batch of `batch_size` rows
-        loader = distributed.shard(InMemoryLoader(splits.train, cfg.train.batch_size, seed))
+        loader = distributed.shard(loader)
         valid = splits.valid
 
         def phase(name: str, fn, *args, **kwargs) -> None:
@@ -173,7 +176,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                   features["student"], loader, valid, label, log)
         elif mode == "offline":
             phase("student", train_single, cfg, models["student"], features["student"], loader, valid, label, log,
-                  "student", soft=splits.train.soft)
+                  "student", soft=lambda batch: batch.soft)
         if "baseline" in models:
             log.info("training the baseline: the same student without distillation")
             phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader, valid, label, log, "baseline")
@@ -227,6 +230,14 @@ def _resume(ckpt: Checkpoints, partial: Path) -> None:
         for role, sd in state["models"].items():
             ckpt.models[role].load_state_dict(sd)
         ckpt.completed, ckpt.resume = state["completed"], state["resume"]
+
+
+def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoader":
+    if cfg.data.streaming:
+        soft = cfg.distillation.soft_label if cfg.distillation.mode == "offline" else None
+        return StreamingLoader(cfg, splits.encoders, soft_label=soft)
+    assert splits.train is not None
+    return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)
 
 
 def _build_all(cfg: Config, encoders: Encoders, teacher_run: "Run | None") -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
@@ -290,7 +301,7 @@ def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label) 
         data = getattr(splits, split)
         if data is not None:
             out[split] = evaluate(model, data, features, label)
-    if not out:
+    if not out and splits.train is not None:
         out["train"] = evaluate(model, splits.train, features, label)
     return out
 

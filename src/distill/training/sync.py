@@ -50,7 +50,7 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
     keep = None
     if valid is not None:
         keep = (KeepBest(metric, patience, [teacher]), KeepBest(metric, patience, [teacher, student] if shared else [student]))
-    opt = make_optimizer(cfg, unique_parameters(teacher, student))
+    opt = make_optimizer(cfg, unique_parameters(teacher, student), (teacher, student))
     step, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
     resume = ckpt.resume_for("sync") if ckpt else None
     if resume:  # continue exactly where the checkpoint left off
