@@ -5,12 +5,13 @@ RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT and `setup()` reads them once. Wit
 `distill train`) every helper here is a no-op for a world of one, so the loops read the same
 either way. The design (docs/distributed.md has the long form):
 
-- every rank reads and encodes the full splits (the encoders are fitted identically everywhere,
-  checked by `agree`); `ShardedLoader` gives rank r the r-th slice of each *global* batch of the
-  epoch's permutation, so `train.batch_size` is the global batch and the learning rate needs no
-  scaling when the number of processes changes;
+- every rank reads the splits and fits the encoders identically (checked by `agree`);
+  `ShardedLoader` gives rank r the r-th slice of each *global* batch the loader draws (in memory
+  or streamed), so `train.batch_size` is the global batch and the learning rate needs no scaling
+  when the number of processes changes;
 - the model being trained is wrapped in DistributedDataParallel (`wrap`): gradients are averaged
-  across ranks in backward; a frozen teacher is never wrapped;
+  across ranks in backward; a frozen teacher is never wrapped, and its soft labels are computed
+  per rank for its slices and summed (`sum_parts`);
 - validation predictions are gathered from all ranks (`gather_rows`) and metrics computed over
   the whole split on every rank, so early-stopping decisions agree without a broadcast;
 - only rank 0 writes (run directory, logs, checkpoints); `on_main` runs a step there and hands
