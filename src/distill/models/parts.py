@@ -62,6 +62,9 @@ class FeatureEmbedding(nn.Module):
                 # EmbeddingBag with padding_idx does not export to ONNX, and serving needs it to.
                 self.tables[f.name] = nn.Embedding(f.cardinality, dim, padding_idx=0, sparse=sparse)
         self.multi_names = {f.name for f in features if f.type == "multi_categorical"}
+        # Set by share_tables: one dict for both models, so a shared table is looked up once per
+        # batch and the two models' gradients meet before its (costly) backward.
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         for n, t in self.tables.items():
             nn.init.normal_(t.weight, std=0.05)
             if n in self.multi_names:
@@ -78,11 +81,15 @@ class FeatureEmbedding(nn.Module):
 
     def lookup(self, name: str, ids: torch.Tensor) -> torch.Tensor:
         """(B,) ids → (B, D); a multi-valued (B, L) bag → the mean of its non-padding rows (B, D)."""
+        if self.memo is not None and self.training and name in self.memo and self.memo[name][0] is ids:
+            return self.memo[name][1]  # the other model already looked these ids up in this step
         emb = self.tables[name](ids)
-        if name not in self.multi_names:
-            return emb
-        mask = (ids != 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
-        return (emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # an empty bag gives zeros
+        if name in self.multi_names:
+            mask = (ids != 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
+            emb = (emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # an empty bag gives zeros
+        if self.memo is not None and self.training and name in self.memo:
+            self.memo[name] = (ids, emb)  # holding `ids` keeps its id() from being reused
+        return emb
 
     def fields(self, batch: Batch, names: list[str] | None = None) -> torch.Tensor:
         names = self.sparse_names if names is None else names
@@ -139,4 +146,6 @@ def share_tables(teacher: nn.Module, student: nn.Module, names: list[str]) -> li
                 raise ValueError(f"cannot share '{n}': table shapes differ")
             s_emb.tables[n] = t_emb.tables[n]
             shared.append(n)
+    memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {n: (torch.empty(0), torch.empty(0)) for n in shared}
+    t_emb.memo = s_emb.memo = memo
     return shared
