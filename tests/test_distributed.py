@@ -39,10 +39,12 @@ def demo(tmp_path_factory):
     for name, n, seed in (("train", 4000, 1), ("valid", 1500, 2), ("test", 1500, 3)):
         pq.write_table(make_log(n, seed, n_users=400, n_items=150), d / f"{name}.parquet", row_group_size=500)
     raw = yaml.safe_load(DEMO_CONFIG.replace("{data}", str(d)))
-    raw["teacher"]["hidden"] = [32, 16]
+    raw["teacher"].update(hidden=[32, 16], dropout=0.0)  # no dropout: the same updates can be compared
     raw["student"]["hidden"] = [16]
-    raw["distillation"]["schedule"] = {"type": "linear", "steps": 20}
-    raw["train"].update(epochs=2, batch_size=256, baseline=False, threads=1)
+    # shared tables (one DDP over teacher and student must reduce each once) and a λ schedule
+    raw["distillation"].update(share_embeddings=True, separate_embeddings=["user_id"],
+                               schedule={"type": "linear", "steps": 20})
+    raw["train"].update(epochs=2, batch_size=256, lr=0.003, baseline=False, threads=1)
     return d, raw
 
 
@@ -78,6 +80,7 @@ def test_two_processes_train_like_one(demo):
     assert r.stdout.count("run written to") == 1  # rank 0 speaks for the job
     two = d / "two"
     assert json.loads((two / "run.json").read_text())["world_size"] == 2
+    assert json.loads((two / "run.json").read_text())["shared_tables"]
     assert abs(student_auc(two) - single.metrics["student"]["test"]["auc"]) < TOLERANCE
     # batch_size is the global batch: the same number of optimizer steps whatever the world size
     assert len(steps(two)) == len(steps(single.path))
