@@ -71,6 +71,7 @@ train:
   batch_size: 1024
   lr: 0.01
   seed: 0
+  threads: 1                  # small batches: a second thread barely helps, and stalls when the CPUs are busy
   early_stopping: {metric: auc, patience: 2}
 output: runs/demo
 """
