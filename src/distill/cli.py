@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,12 +34,21 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (DistillError, MissingFeatureError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/]{_rank_tag()} {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _rank_tag() -> str:
+    """' [rank r]' under torchrun (every rank reports its own error), '' otherwise."""
+    return f" \\[rank {os.environ.get('RANK', '0')}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # torchrun's rank; read here to keep torch out of the CLI's import
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -92,8 +102,9 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
     from distill.run import train as train_run
     run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
                     quiet=quiet, resume=resume is not None)
-    out.print(metrics_table(run.metrics, f"{run.path}"))
-    out.print(f"run written to [bold]{run.path}[/]")
+    if _is_main():  # under torchrun, rank 0 speaks for the job
+        out.print(metrics_table(run.metrics, f"{run.path}"))
+        out.print(f"run written to [bold]{run.path}[/]")
 
 
 @app.command()

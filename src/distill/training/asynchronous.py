@@ -25,7 +25,9 @@ def train_async_student(cfg: Config, teacher: nn.Module, student: nn.Module, tea
     teacher.eval()
     teacher.requires_grad_(False)
     t0 = time.perf_counter()
-    cache = predict_rows(teacher, loader, teacher_features)  # (N,) or (N, C), once
+    # (N,) or (N, C), once. Under torchrun each rank predicts its slices and all ranks get every row.
+    # The frozen teacher is never wrapped in DDP: it has nothing to learn, so nothing to reduce.
+    cache = predict_rows(teacher, loader, teacher_features)
     soft_seconds = time.perf_counter() - t0
     log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
     summary = train_single(cfg, student, student_features, loader, valid, label, log, phase="student",

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill import metrics
+from distill import distributed, metrics
 from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
@@ -98,11 +98,11 @@ def predict_rows(model: nn.Module, loader, features: list[str]) -> torch.Tensor:
     for b in loader.ordered():
         z = model(b.select(features))
         if out is None:
-            out = torch.empty((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
+            out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
         out[b.index] = z
     model.train(was_training)
     assert out is not None
-    return out
+    return distributed.sum_parts(out)  # under torchrun each rank predicted its slices: gather them
 
 
 def to_output(logits: torch.Tensor, label: LabelEncoder, temperature: float = 1.0) -> np.ndarray:
@@ -121,7 +121,9 @@ def label_values(data: Encoded, label: LabelEncoder) -> np.ndarray:
 
 
 def evaluate(model: nn.Module, data: Encoded, features: list[str], label: LabelEncoder) -> dict[str, float]:
-    pred = to_output(predict_logits(model, data, features), label)
+    """Metrics over the whole split; under torchrun each rank predicts a slice, all ranks get all rows."""
+    logits = distributed.predict_all(lambda part: predict_logits(model, part, features), data)
+    pred = to_output(logits, label)
     return metrics.compute(label.task, label_values(data, label), pred, data.group)
 
 

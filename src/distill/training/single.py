@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from distill import schedules
+from distill import distributed, schedules
 from distill.config import Config
 from distill.data.batch import Batch, Encoded
 from distill.data.encoders import LabelEncoder
@@ -47,11 +47,12 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InM
         torch.set_rng_state(resume["rng"])
         log.info(f"[{phase}] resuming at step {step} (epoch {first_epoch}, batch {start})")
     model.train()
+    net = distributed.wrap(model)  # under torchrun: DDP, gradients averaged across ranks in backward
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
                                   start=start if epoch == first_epoch else 0):
-            logits = model(batch.select(features))  # (B,) or (B, C)
+            logits = net(batch.select(features))  # (B,) or (B, C)
             l_s = hard_loss(logits, batch.y, task, batch.weight)
             terms = {"L_s": l_s}
             lam = 0.0
