@@ -123,7 +123,7 @@ def write_big_parquet(path: Path, rows: int, chunk: int = 500_000) -> None:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from distill import config_from_dict, train
 raw = json.loads(sys.argv[1])
 t0 = time.perf_counter()
@@ -131,7 +131,8 @@ run = train(config_from_dict(raw), output=sys.argv[2], overwrite=True, quiet=Tru
 info = json.loads((run.path / "run.json").read_text())
 print(json.dumps({"wall": time.perf_counter() - t0, "phases": {k: v["wall_seconds"] for k, v in info["phases"].items()},
                   "load": info["load_seconds"], "rows": info["rows"]["train"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and starts at the parent's size
+                  "peak_rss_mb": int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024}))
 """
 
 
