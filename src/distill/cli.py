@@ -192,6 +192,46 @@ def report(run: Path = typer.Argument(..., help="A run directory, or a compare d
               soft_wrap=True)
 
 
+@app.command()
+@guarded
+def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directory / glob) with the training data."),
+         output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Where to write the config."),
+         label: Optional[str] = typer.Option(None, help="The label column (default: guessed; asked on a terminal)."),
+         force: bool = typer.Option(False, help="Replace an existing config file.")) -> None:
+    """Write a commented starter config from a table's columns (types and label guessed, nothing privileged)."""
+    from distill.init import init_config
+
+    def ask(columns: list[str]) -> str:
+        out.print("Cannot tell which column is the label. Columns: " + ", ".join(columns), highlight=False)
+        return typer.prompt("label column")
+
+    g = init_config(data, output, label=label, force=force, ask=ask if sys.stdin.isatty() else None)
+    table = Table(title=f"{output}: label '{g.label}' ({g.task})", title_justify="left")
+    for col in ("column", "type", "why"):
+        table.add_column(col)
+    for c in g.columns:
+        table.add_row(c.name, c.type or "[dim]left out[/]", c.why)
+    out.print(table)
+    out.print(f"Next: check the types, set [bold]privileged: true[/] on the columns that are missing at serving time, "
+              f"then [bold]distill validate {output}[/].")
+
+
+@app.command()
+@guarded
+def validate(config: Path = typer.Argument(..., help="The YAML config."),
+             set_: Optional[list[str]] = SetOption,
+             strict: bool = typer.Option(False, help="Exit 1 on warnings too.")) -> None:
+    """Check the config against the data without training; print what would be trained."""
+    from distill.validate import render, validate as run_validate
+    cfg = load_config(config, parse_overrides(set_))
+    v = run_validate(cfg)
+    render(v, cfg, out)
+    if strict and v.warnings:
+        err.print(f"{len(v.warnings)} warning(s) and --strict: exit 1")
+        raise typer.Exit(1)
+    out.print(f"[green]ok:[/] {config} and its data fit together; nothing was trained.", highlight=False)
+
+
 
 # ----------------------------------------------------------------------------- serving the student
 
