@@ -98,13 +98,13 @@ def guess_column(name: str, col: pa.ChunkedArray) -> ColumnGuess:
     non_null = rows - col.null_count
     if non_null == 0:
         return ColumnGuess(name, None, "left out: every value is missing")
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return ColumnGuess(name, "multi_categorical", f"{t}: a bag of values")
     n = _distinct(col)
     if n <= 1:
         return ColumnGuess(name, None, "left out: one value only, it carries no information")
     if pa.types.is_dictionary(t):
         col, t = col.cast(t.value_type), t.value_type
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return ColumnGuess(name, "multi_categorical", f"{t}: a bag of values")
     if pa.types.is_temporal(t):
         return ColumnGuess(name, None, f"left out: {t} (derive hour / weekday columns from it if they matter)")
     if pa.types.is_boolean(t):
@@ -295,7 +295,7 @@ def render(g: Guesses, data: str, config_path: str) -> str:
 
 def _c(line: str, comment: str, width: int = 44) -> str:
     """`line` with its comment in a column, so the reasons read as one list."""
-    return f"{line:<{width}}# {comment}" if comment else line
+    return f"{line:<{width - 2}}  # {comment}" if comment else line  # YAML needs the space before '#'
 
 
 def _feature(c: ColumnGuess) -> str:

@@ -117,12 +117,15 @@ def render(v: Validation, cfg: Config, console: Any) -> None:
                       + ", ".join(f"{c} {n:,}" for c, n in cols.items()), highlight=False)
     # Features as rows, models as columns: who reads what is visible at a glance.
     feats = Table(title="features", title_justify="left")
+    readers = [m for m in v.models if m.role != "baseline"] or v.models  # the baseline reads what the student reads
     feats.add_column("feature", min_width=min(40, max(len(f.name) for f in cfg.features)), no_wrap=True)
-    for col in ("type", "privileged", *[m.role for m in v.models]):
-        feats.add_column(col, justify="left" if col in ("type", "privileged") else "center")
+    feats.add_column("type", min_width=17, no_wrap=True)
+    feats.add_column("privileged")
+    for m in readers:
+        feats.add_column(m.role, justify="center")
     for f in cfg.features:
         feats.add_row(f.name, f.type, "[bold]yes[/]" if f.privileged else "",
-                      *["✓" if f.name in m.features else "" for m in v.models])
+                      *["✓" if f.name in m.features else "" for m in readers])
     console.print(feats)
     models = Table(title="what would be trained", title_justify="left")
     for col in ("model", "architecture", "features", "privileged", "parameters"):
