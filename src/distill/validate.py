@@ -9,7 +9,6 @@ DistillError with the file, column or key, exactly as `train` would, only withou
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,16 +42,19 @@ def validate(cfg: Config) -> Validation:
 
     from distill.data.dataset import load_splits
     from distill.models.parts import share_tables
-    from distill.run import _params, _teacher_run, build
+    from distill.run import _params, _teacher_run, build, make_loader
 
     warnings = schema.check(cfg)
     mode = cfg.distillation.mode
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
     splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
+    loader = make_loader(cfg, splits)  # streamed or in memory, as train would read it
     parts = {"train": splits.train, "valid": splits.valid, "test": splits.test}
-    present = {k: v for k, v in parts.items() if v is not None}
-    rows = {k: len(v) for k, v in present.items()}
-    filled = {k: dict(v.missing) for k, v in present.items() if v.missing}
+    present = {k: v for k, v in parts.items() if v is not None}  # a streamed train split is not held
+    rows = {"train": loader.num_rows} | {k: len(v) for k, v in present.items() if k != "train"}
+    filled = {k: dict(v.missing) for k, v in present.items() if v.missing and k != "train"}
+    if splits.train_missing:
+        filled = {"train": dict(splits.train_missing)} | filled
     if splits.valid is None:
         warnings.append("data.valid is not set: no early stopping, no validation curves, the last weights are kept")
     label_info = _label_info(splits.encoders.label, present)
@@ -83,13 +85,14 @@ def validate(cfg: Config) -> Validation:
             shared = share_tables(built["teacher"], built["student"], common)
         except ValueError as e:
             raise DistillError(f"distillation.share_embeddings: {e}") from None
+    sample = next(iter(loader.ordered(8)))
     with torch.no_grad():  # one forward pass each: a model that cannot read its inputs fails here, not at step 0
         for m in models:
             try:
-                built[m.role](splits.train.batch(torch.arange(min(len(splits.train), 8))).select(m.features))
+                built[m.role](sample.select(m.features))
             except Exception as e:  # a user's `module:` model can raise anything
                 raise DistillError(f"{m.role}: the model fails on a batch of the training data: {str(e).splitlines()[0]}") from None
-    return Validation(warnings, rows, filled, models, shared, math.ceil(len(splits.train) / cfg.train.batch_size), label_info)
+    return Validation(warnings, rows, filled, models, shared, len(loader), label_info)
 
 
 def _label_info(label: Any, parts: dict[str, Any]) -> dict[str, Any]:
