@@ -50,6 +50,7 @@ class _Phase:
     smooth: dict[str, float] = field(default_factory=dict)
     next_line: int = 0  # plain mode: the step count at which the next line is due
     last_line: float = field(default_factory=time.perf_counter)
+    last_line_at: int = 0  # plain mode: `done` when the last line was printed
     last_draw: float = 0.0
     task: Any = None  # the rich task id
 
@@ -102,6 +103,7 @@ class RunLog:
         self._end_phase()
         p = self._phase = _Phase(name, max(int(total_steps), 1), batch_size, epochs, first=start, done=start)
         p.next_line = (start // self._line_every(p) + 1) * self._line_every(p)
+        p.last_line_at = start
         if self.quiet:
             return
         if self.tty:
@@ -221,8 +223,10 @@ class RunLog:
                 desc = f"{p.name} epoch {p.epoch + 1}/{p.epochs}" if p.epochs else p.name
                 self._progress.update(p.task, completed=p.done, description=desc,
                                       info=f"{p.rate():,.0f} samples/s  {p.terms()}")
-        elif not self.tty and (p.done >= p.next_line or now - p.last_line >= PLAIN_EVERY_SECONDS):
-            p.last_line = now
+        elif not self.tty and ((p.done >= p.next_line and p.done - p.last_line_at >= self._line_every(p) // 2)
+                               or now - p.last_line >= PLAIN_EVERY_SECONDS):
+            # a tenth of the phase, or a minute on a slow one; a milestone just after a timed line is skipped
+            p.last_line, p.last_line_at = now, p.done
             while p.next_line <= p.done:
                 p.next_line += self._line_every(p)
             self.info(f"[{p.name}] {p.where()}  {p.rate():,.0f} samples/s  {p.terms()}".rstrip())
@@ -236,7 +240,8 @@ class RunLog:
             self._progress.stop_task(p.task)
         elif not self.tty:
             seconds = time.perf_counter() - p.t0
-            self.info(f"[{p.name}] done: {p.done - p.first:,} {p.unit} in {seconds:.1f}s ({p.rate():,.0f} samples/s)")
+            early = f" of {p.total:,} (stopped early)" if p.done < p.total else ""
+            self.info(f"[{p.name}] done: {p.done - p.first:,} {p.unit}{early} in {seconds:.1f}s ({p.rate():,.0f} samples/s)")
 
 
 def _make_progress() -> Any:
