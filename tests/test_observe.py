@@ -81,11 +81,15 @@ def test_report_plots_the_logged_data(run_dir: Path, tmp_path: Path):
     assert ("lambda", "baseline") not in lam  # the baseline has no distillation term to weight
     assert list(lam[("lr", "baseline")].y) == [s["lr"] for s in steps if s["phase"] == "baseline"]
 
-    val = {s.label: s for s in r.figures["validation"]}
+    val = {s.label: s for s in r.figures["validation"] if s.panel == "auc"}
     assert set(val) == {"teacher", "student", "baseline"}
     for model, s in val.items():
         rows = [e for e in evals if e["model"] == model]
         assert list(s.x) == [e["step"] for e in rows] and list(s.y) == [e["auc"] for e in rows]
+    gain = next(s for s in r.figures["validation"] if s.panel == "gain")
+    student = {e["step"]: e["auc"] for e in evals if e["model"] == "student"}
+    baseline = {e["step"]: e["auc"] for e in evals if e["model"] == "baseline"}
+    assert np.allclose(gain.y, [student[x] - baseline[x] for x in gain.x]) and len(gain.x) == len(student)
 
     cal = {s.label: s for s in r.figures["calibration"]}
     assert set(cal) == {"teacher", "student", "baseline"}

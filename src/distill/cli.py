@@ -176,7 +176,7 @@ def report_after(path: Path) -> None:
     except DistillError as e:
         err.print(f"[yellow]no report:[/] {e}", highlight=False, soft_wrap=True)
         return
-    out.print(f"report: [bold]{report.html}[/] (and report.md, with the plots beside it)")
+    out.print(f"report: [bold]{report.html}[/] (and report.md, with the plots beside it)", soft_wrap=True)
 
 
 @app.command()

@@ -131,17 +131,25 @@ def plot_lambda(steps: list[dict], path: Path) -> list[Series]:
 
 def plot_validation(evals: list[dict], metric: str, higher_is_better: bool, path: Path) -> list[Series]:
     """The stopping metric on the validation split, one line per model; a ring marks each model's
-    best evaluation (the weights the run kept)."""
+    best evaluation (the weights the run kept). A second panel zooms on student − baseline at the
+    steps both were evaluated: next to the teacher the two lines often look the same."""
     models = [m for m in ("teacher", "student", "baseline") if any(r.get("model") == m and metric in r for r in evals)]
     if not models:
         return []
-    fig, axes = _figure(1, width=6.0, height=3.6)
-    ax = axes[0][0]
-    drawn: list[Series] = []
+    curves = {}
     for m in models:
         rs = [r for r in evals if r.get("model") == m and metric in r]
-        x = np.array([r["step"] for r in rs], float)
-        y = np.array([r[metric] for r in rs], float)
+        curves[m] = (np.array([r["step"] for r in rs], float), np.array([r[metric] for r in rs], float))
+    gain = None
+    if "student" in curves and "baseline" in curves:
+        (xs, ys), (xb, yb) = curves["student"], curves["baseline"]
+        common = np.intersect1d(xs, xb)
+        if len(common):
+            gain = (common, ys[np.searchsorted(xs, common)] - yb[np.searchsorted(xb, common)])
+    fig, axes = _figure(2 if gain is not None else 1, width=5.0, height=3.5)
+    ax = axes[0][0]
+    drawn: list[Series] = []
+    for m, (x, y) in curves.items():
         ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.6, color=COLORS[m], label=m)
         best = int(np.nanargmax(y) if higher_is_better else np.nanargmin(y))
         ax.plot(x[best], y[best], marker="o", markersize=9, markerfacecolor="none", color=COLORS[m])
@@ -150,6 +158,16 @@ def plot_validation(evals: list[dict], metric: str, higher_is_better: bool, path
     ax.set_ylabel(f"validation {metric} ({'higher' if higher_is_better else 'lower'} is better)", fontsize=9)
     ax.set_title(f"validation {metric}; rings: the kept (best) weights", fontsize=10)
     ax.legend(fontsize=8, frameon=False)
+    if gain is not None:
+        g = axes[0][1]
+        better = gain[1] * (1 if higher_is_better else -1) >= 0
+        g.axhline(0, color="#999999", linewidth=1)
+        g.plot(gain[0], gain[1], color=COLORS["student"], linewidth=1.6)
+        g.scatter(gain[0], gain[1], c=np.where(better, "#1a9850", "#d73027"), s=22, zorder=3)
+        g.set_title(f"student − baseline ({'above' if higher_is_better else 'below'} 0: distillation helped)", fontsize=10)
+        g.set_xlabel("step", fontsize=9)
+        g.set_ylabel(f"Δ validation {metric}", fontsize=9)
+        drawn.append(Series("gain", "student - baseline", gain[0], gain[1]))
     _save(fig, path)
     return drawn
 
