@@ -236,6 +236,7 @@ def test_init_guesses_types_and_label(tmp_path: Path):
     assert cfg.task.label == "clicked" and cfg.data.valid == str(tmp_path / "valid.parquet") and cfg.data.test is None
     assert [f.name for f in cfg.features] == ["user_id", "hour", "price", "clicks_7d", "tags", "genres"]
     assert not any(f.privileged for f in cfg.features)
+    assert cfg.distillation.schedule.steps == 10  # λ ramps over about one epoch (400 rows: the floor of 10 steps)
     text = out.read_text()
     assert "privileged: true marks" in text and "# - {name: request_id}" in text
     with pytest.raises(DistillError, match="exists; pass --force"):
@@ -263,7 +264,7 @@ def test_init_asks_or_demands_the_label(tmp_path: Path):
 def test_validate_reports_what_would_be_trained(data: Path):
     from distill.run import _params, build
     from distill.validate import validate
-    cfg = load_config(data, {"teacher.hidden": [32], "student.hidden": [16]})
+    cfg = load_config(data, {"teacher.hidden": [32], "student.hidden": [16], "distillation.schedule.steps": 5})
     v = validate(cfg)
     by_role = {m.role: m for m in v.models}
     assert set(by_role) == {"teacher", "student", "baseline"}
@@ -274,6 +275,9 @@ def test_validate_reports_what_would_be_trained(data: Path):
     from distill.data.dataset import load_splits
     enc = load_splits(cfg).encoders
     assert by_role["teacher"].parameters == _params(build(cfg, enc, "teacher", 0)[0])
+    assert not any("never reaches" in w for w in v.warnings)
+    late = validate(load_config(data, {"teacher.hidden": [32], "distillation.schedule.steps": 10_000}))
+    assert any("λ never reaches its target" in w for w in late.warnings)
 
 
 def test_validate_catches_a_bad_column(data: Path, tmp_path: Path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ class Guesses:
     task_why: str
     columns: list[ColumnGuess] = field(default_factory=list)
     group: str | None = None
-    rows: int = 0
+    rows: int = 0  # rows sampled
+    train_rows: int = 0  # rows in the whole training split, where the files say (Parquet), else the sample
 
 
 def read_sample(spec: str, rows: int = SAMPLE_ROWS) -> pa.Table:
@@ -77,6 +79,14 @@ def read_sample(spec: str, rows: int = SAMPLE_ROWS) -> pa.Table:
         return pa.Table.from_batches(got, schema=reader.schema).slice(0, rows)
     except (pa.ArrowInvalid, OSError) as e:
         raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
+
+
+def count_rows(spec: str) -> int | None:
+    """Rows of a Parquet split from the files' footers (no data read); None for CSV."""
+    files = resolve_files(spec)
+    if any(file_format(f) != "parquet" for f in files):
+        return None
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def _distinct(col: pa.ChunkedArray) -> int:
@@ -226,6 +236,7 @@ def _sibling(train: str, split: str) -> str | None:
 
 def render(g: Guesses, data: str, config_path: str) -> str:
     metric = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}[g.task or "binary"]
+    ramp = max(10, math.ceil(max(g.train_rows, g.rows) / 1024))  # steps of one epoch at batch_size 1024
     valid, test = _sibling(data, "valid"), _sibling(data, "test")
     used = [c for c in g.columns if c.type]
     width = max(len(_feature(c)) for c in used) + 2
@@ -278,7 +289,7 @@ def render(g: Guesses, data: str, config_path: str) -> str:
         "distillation:",
         "  mode: sync    # sync: teacher and student together | async: teacher first | offline: a score column | none",
         "  weight: 0.5    # λ: student loss = (1 − λ)·L_s (hard labels) + λ·L_d (the teacher's soft labels)",
-        "  schedule: {type: linear, steps: 1000}    # ramp λ up from 0 while the teacher is still untrained",
+        f"  schedule: {{type: linear, steps: {ramp}}}    # ramp λ up from 0 over about the first epoch, while the teacher is still untrained",
         "  temperature: 1.0",
         "",
         "train:",
@@ -311,6 +322,7 @@ def init_config(data: str, output: str | Path = "config.yaml", label: str | None
     if output.exists() and not force:
         raise DistillError(f"{output}: exists; pass --force to replace it or -o to write elsewhere")
     g = guess(read_sample(data), label, ask, where=data)
+    g.train_rows = count_rows(data) or g.rows
     text = render(g, data, str(output))
     config_from_dict(yaml.safe_load(text), source=f"the config for {data}")  # never write one that does not load
     tmp = output.with_name(output.name + ".tmp")

@@ -92,6 +92,10 @@ def validate(cfg: Config) -> Validation:
                 built[m.role](sample.select(m.features))
             except Exception as e:  # a user's `module:` model can raise anything
                 raise DistillError(f"{m.role}: the model fails on a batch of the training data: {str(e).splitlines()[0]}") from None
+    d, total = cfg.distillation, cfg.train.epochs * len(loader)
+    if mode != "none" and d.schedule.type != "constant" and d.schedule.steps >= total:
+        warnings.append(f"distillation.schedule.steps is {d.schedule.steps} but training has {total} steps: "
+                        f"λ never reaches its target {d.weight}")
     return Validation(warnings, rows, filled, models, shared, len(loader), label_info)
 
 
