@@ -22,6 +22,8 @@ from distill.errors import DistillError, MissingFeatureError
 app = typer.Typer(
     help="Knowledge distillation for recommendation and classification: train a teacher and a "
          "student (model or privileged-features distillation) and serve only the student.",
+    epilog="Start with `distill demo`. Your data: distill init DATA → distill validate CONFIG → "
+           "distill train CONFIG (writes RUN/report/) → distill compare CONFIG.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 out = Console()
@@ -197,7 +199,7 @@ def report(run: Path = typer.Argument(..., help="A run directory, or a compare d
 def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directory / glob) with the training data."),
          output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Where to write the config."),
          label: Optional[str] = typer.Option(None, help="The label column (default: guessed; asked on a terminal)."),
-         force: bool = typer.Option(False, help="Replace an existing config file.")) -> None:
+         force: bool = typer.Option(False, "--force", help="Replace an existing config file.")) -> None:
     """Write a commented starter config from a table's columns (types and label guessed, nothing privileged)."""
     from distill.init import init_config
 
@@ -220,7 +222,7 @@ def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directo
 @guarded
 def validate(config: Path = typer.Argument(..., help="The YAML config."),
              set_: Optional[list[str]] = SetOption,
-             strict: bool = typer.Option(False, help="Exit 1 on warnings too.")) -> None:
+             strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too.")) -> None:
     """Check the config against the data without training; print what would be trained."""
     from distill.validate import render, validate as run_validate
     cfg = load_config(config, parse_overrides(set_))
