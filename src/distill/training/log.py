@@ -16,7 +16,7 @@ Written to the run directory:
 On stderr: a rich progress bar per phase on a terminal (steps, samples/s, smoothed loss terms, λ);
 elsewhere (CI, a file) a plain line at every tenth of a phase or every minute, whichever comes first.
 `step` is called every optimizer step, so it stays cheap: buffered file writes, no flush, the bar
-redrawn at most ten times a second.
+redrawn at most ten times a second, TensorBoard points thinned to about 1000 per curve and phase.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ T = TypeVar("T")
 NOT_SCALARS = ("phase", "step", "epoch", "model")
 PLAIN_EVERY_SECONDS = 60.0
 BAR_EVERY_SECONDS = 0.1
+TB_POINTS = 1000  # per curve and phase, at most about this many TensorBoard points
 EMA = 0.1  # smoothing of the loss terms shown live; the files keep the raw values
 
 
@@ -116,8 +117,12 @@ class RunLog:
         self._write("steps.jsonl", record)
         phase = record.get("phase", "train")
         scalars = {k: v for k, v in record.items() if k not in NOT_SCALARS and isinstance(v, (int, float))}
-        self._scalars({f"{phase}/{k}": v for k, v in scalars.items()}, record.get("step", 0))
         p = self._phase
+        step = record.get("step", 0)
+        # TensorBoard keeps ~1000 points per curve anyway, and each add_scalar costs ~0.1 ms:
+        # thin long phases so fast models are not slowed down (steps.jsonl keeps every step).
+        if p is None or step % max(1, p.total // TB_POINTS) == 0:
+            self._scalars({f"{phase}/{k}": v for k, v in scalars.items()}, step)
         if p is None or self.quiet:
             return
         p.done = record.get("step", p.done) + 1
