@@ -299,3 +299,19 @@ def test_every_command_has_help():
         assert cmd in top.output
         r = runner.invoke(app, [cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output, cmd
+
+
+def test_long_phases_thin_tensorboard_points_but_not_the_jsonl(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from distill.training.log import RunLog
+    log = RunLog(tmp_path, quiet=True)
+    log.phase("baseline", total_steps=3000, batch_size=8)
+    for step in range(3000):
+        log.step({"phase": "baseline", "step": step, "epoch": 0, "L_s": 1.0 / (step + 1), "loss": 1.0 / (step + 1)})
+    log.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("baseline/L_s")]
+    assert steps == list(range(0, 3000, 3))  # every third step: 1000 points
+    assert len(read_jsonl(tmp_path / "steps.jsonl")) == 3000
