@@ -20,7 +20,7 @@ from distill.demo import write_demo_data
 from distill.errors import DistillError
 
 SMALL = ["--set", "train.epochs=3", "--set", "train.batch_size=256", "--set", "teacher.hidden=[32]",
-         "--set", "student.hidden=[16]", "--set", "distillation.schedule.steps=10", "--set", "train.threads=1"]
+         "--set", "student.hidden=[16]", "--set", "distillation.schedule={type: linear, steps: 10}", "--set", "train.threads=1"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -264,7 +264,8 @@ def test_init_asks_or_demands_the_label(tmp_path: Path):
 def test_validate_reports_what_would_be_trained(data: Path):
     from distill.run import _params, build
     from distill.validate import validate
-    cfg = load_config(data, {"teacher.hidden": [32], "student.hidden": [16], "distillation.schedule.steps": 5})
+    cfg = load_config(data, {"teacher.hidden": [32], "student.hidden": [16], "distillation.schedule": {"type": "linear", "steps": 5},
+                             "distillation.share_embeddings": True, "distillation.separate_embeddings": ["user_id"]})
     v = validate(cfg)
     by_role = {m.role: m for m in v.models}
     assert set(by_role) == {"teacher", "student", "baseline"}
@@ -276,7 +277,7 @@ def test_validate_reports_what_would_be_trained(data: Path):
     enc = load_splits(cfg).encoders
     assert by_role["teacher"].parameters == _params(build(cfg, enc, "teacher", 0)[0])
     assert not any("never reaches" in w for w in v.warnings)
-    late = validate(load_config(data, {"teacher.hidden": [32], "distillation.schedule.steps": 10_000}))
+    late = validate(load_config(data, {"teacher.hidden": [32], "distillation.schedule": {"type": "linear", "steps": 10_000}}))
     assert any("λ never reaches its target" in w for w in late.warnings)
 
 
