@@ -117,8 +117,10 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
     report = Report(out, out / "report.md", out / "report.html")
     doc = Doc()
 
-    doc.h1(f"distill report: {path.name}")
-    doc.p(f"`{path}`, written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+    full = path.resolve()
+    name = f"{full.parent.name}/{full.name}" if full.parent.name else full.name  # runs/demo/compare → demo/compare
+    doc.h1(f"distill report: {name}")
+    doc.p(f"`{full}`, written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
           + (f" Curves and calibration: the run `{run_dir.name}` (first seed); tables: all seeds." if summary else ""))
     doc.p(_setup(run, info))
     for w in info.get("warnings", []):
@@ -170,7 +172,7 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
     report.figures["calibration"] = _calibration(run, out / "calibration.png", doc, report)
 
     (out / "report.md").write_text(doc.markdown())
-    (out / "report.html").write_text(doc.html(out, f"distill report: {path.name}"))
+    (out / "report.html").write_text(doc.html(out, f"distill report: {name}"))
     return report
 
 
