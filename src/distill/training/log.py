@@ -245,7 +245,7 @@ class RunLog:
             self._progress.stop_task(p.task)
         elif not self.tty:
             seconds = time.perf_counter() - p.t0
-            early = f" of {p.total:,} (stopped early)" if p.done < p.total else ""
+            early = f" of {p.total:,} (stopped early)" if p.done < p.total and p.unit == "steps" else ""
             self.info(f"[{p.name}] done: {p.done - p.first:,} {p.unit}{early} in {seconds:.1f}s ({p.rate():,.0f} samples/s)")
 
 
