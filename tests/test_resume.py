@@ -117,3 +117,20 @@ def test_divergence_names_step_and_term_and_keeps_the_last_checkpoint(tmp_path):
     assert state["current"]["step"] == 5
     assert all(torch.isfinite(t).all() for t in state["models"]["student"].values())
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_stopped_between_phases_resumes_with_the_rng_it_had(tmp_path):
+    # Killed after a phase finished but before the next one checkpointed: the next phase's dropout
+    # masks must come from the RNG the uninterrupted run would have had, not a fresh process's.
+    import torch
+    from torch import nn
+    from distill.training.checkpoint import Checkpoints
+    models = {"m": nn.Linear(2, 1)}
+    torch.manual_seed(7)
+    torch.rand(5)  # a phase consumed some randomness
+    expected = torch.get_rng_state()
+    Checkpoints(tmp_path, 5, models).finish("teacher", {"steps": 1})
+    torch.manual_seed(123)  # a new process starts elsewhere
+    ckpt = Checkpoints(tmp_path, 5, models)
+    assert ckpt.load_latest() and ckpt.resume is None and "teacher" in ckpt.completed
+    assert torch.equal(torch.get_rng_state(), expected)

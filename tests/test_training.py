@@ -123,7 +123,7 @@ def test_async_computes_soft_labels_once_whatever_the_epochs(tmp_path):
         import distill.training.asynchronous as a
         seen = []
         original = a.predict_rows
-        a.predict_rows = lambda model, loader, feats: seen.append(loader.num_rows) or original(model, loader, feats)
+        a.predict_rows = lambda model, loader, feats, **kw: seen.append(loader.num_rows) or original(model, loader, feats, **kw)
         try:
             run = train(cfg_of(r), quiet=True)
         finally:

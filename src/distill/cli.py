@@ -22,6 +22,8 @@ from distill.errors import DistillError, MissingFeatureError
 app = typer.Typer(
     help="Knowledge distillation for recommendation and classification: train a teacher and a "
          "student (model or privileged-features distillation) and serve only the student.",
+    epilog="Start with `distill demo`. Your data: distill init DATA → distill validate CONFIG → "
+           "distill train CONFIG (writes RUN/report/) → distill compare CONFIG.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 out = Console()
@@ -88,6 +90,7 @@ def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> 
 
 
 SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+NoReportOption = typer.Option(False, "--no-report", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
 
 
 @app.command()
@@ -97,7 +100,8 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
           overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
           resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
           set_: Optional[list[str]] = SetOption,
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines.")) -> None:
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+          no_report: bool = NoReportOption) -> None:
     """Train teacher, student and the no-distillation baseline; write a run directory."""
     from distill.run import train as train_run
     run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
@@ -105,6 +109,8 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
     if _is_main():  # under torchrun, rank 0 speaks for the job
         out.print(metrics_table(run.metrics, f"{run.path}"))
         out.print(f"run written to [bold]{run.path}[/]")
+        if not no_report:
+            report_after(run.path)
 
 
 @app.command()
@@ -114,13 +120,16 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
             output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go."),
             overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
             set_: Optional[list[str]] = SetOption,
-            quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+            no_report: bool = NoReportOption) -> None:
     """Distilled student vs the baseline over seeds: mean ± std, gain, share of the gap closed."""
     from distill.compare import compare as run_compare, to_markdown
     cfg = load_config(config, parse_overrides(set_))
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
     out.print(f"written to [bold]{output or cfg.output}[/]/compare.json and compare.md")
+    if not no_report:
+        report_after(Path(output or cfg.output))
 
 
 @app.command()
@@ -142,7 +151,8 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
 @guarded
 def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's data and runs go."),
          seeds: int = typer.Option(3, help="Seeds for the comparison."),
-         quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+         no_report: bool = NoReportOption) -> None:
     """Generate a synthetic e-commerce log with privileged features and run `compare` on it."""
     from distill.compare import compare as run_compare, to_markdown
     from distill.demo import write_demo_data
@@ -153,6 +163,76 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
     summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
     print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
     out.print(f"details in [bold]{output / 'compare'}[/] (compare.md, one run directory per seed)")
+    if not no_report:
+        report_after(output / "compare")
+
+
+# ----------------------------------------------------------------------------- observe: report, init, validate
+
+
+def report_after(path: Path) -> None:
+    """The report at the end of train / compare / demo: a failure here must not look like a failed run."""
+    from distill.report import write_report
+    try:
+        report = write_report(path)
+    except DistillError as e:
+        err.print(f"[yellow]no report:[/] {e}", highlight=False, soft_wrap=True)
+        return
+    out.print(f"report: [bold]{report.html}[/] (and report.md, with the plots beside it)", soft_wrap=True)
+
+
+@app.command()
+@guarded
+def report(run: Path = typer.Argument(..., help="A run directory, or a compare directory (compare.json and seed_* runs)."),
+           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report).")) -> None:
+    """Write a readable report of a run: loss terms, λ, validation curves, calibration, gain table (Markdown + HTML)."""
+    from distill.report import write_report
+    r = write_report(run, output)
+    for note in r.notes:
+        err.print(f"note: {note}", highlight=False)
+    out.print(f"written [bold]{r.html}[/] and {r.markdown.name}, plots: {', '.join(sorted(p.name for p in r.directory.glob('*.png')))}",
+              soft_wrap=True)
+
+
+@app.command()
+@guarded
+def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directory / glob) with the training data."),
+         output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Where to write the config."),
+         label: Optional[str] = typer.Option(None, help="The label column (default: guessed; asked on a terminal)."),
+         force: bool = typer.Option(False, "--force", help="Replace an existing config file.")) -> None:
+    """Write a commented starter config from a table's columns (types and label guessed, nothing privileged)."""
+    from distill.init import init_config
+
+    def ask(columns: list[str]) -> str:
+        out.print("Cannot tell which column is the label. Columns: " + ", ".join(columns), highlight=False)
+        return typer.prompt("label column")
+
+    g = init_config(data, output, label=label, force=force, ask=ask if sys.stdin.isatty() else None)
+    table = Table(title=f"{output}: label '{g.label}' ({g.task})", title_justify="left")
+    for col in ("column", "type", "why"):
+        table.add_column(col)
+    for c in g.columns:
+        table.add_row(c.name, c.type or "[dim]left out[/]", c.why)
+    out.print(table)
+    out.print(f"Next: check the types, set [bold]privileged: true[/] on the columns that are missing at serving time, "
+              f"then [bold]distill validate {output}[/].")
+
+
+@app.command()
+@guarded
+def validate(config: Path = typer.Argument(..., help="The YAML config."),
+             set_: Optional[list[str]] = SetOption,
+             strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too.")) -> None:
+    """Check the config against the data without training; print what would be trained."""
+    from distill.validate import render, validate as run_validate
+    cfg = load_config(config, parse_overrides(set_))
+    v = run_validate(cfg)
+    render(v, cfg, out)
+    if strict and v.warnings:
+        err.print(f"{len(v.warnings)} warning(s) and --strict: exit 1")
+        raise typer.Exit(1)
+    out.print(f"[green]ok:[/] {config} and its data fit together; nothing was trained.", highlight=False)
+
 
 
 # ----------------------------------------------------------------------------- serving the student

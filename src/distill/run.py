@@ -7,7 +7,8 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     encoders.json        fitted vocabularies and statistics: serving needs no training data
     teacher.safetensors  student.safetensors  baseline.safetensors
     metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}}
-    steps.jsonl          one line per step: phase, step, epoch, λ, L_s, L_d, L_t, loss
+    steps.jsonl          one line per step: phase, step, epoch, λ, lr, L_s, L_d, L_t, loss
+    events.out.tfevents.* the same curves and the validation metrics for TensorBoard
     evals.jsonl          validation metrics at each evaluation
     run.json             timings, shared tables, filled values, warnings, versions, world size
 

@@ -58,8 +58,9 @@ class Checkpoints:
         if not self.write:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        # The RNG goes in even between phases: the next phase's dropout masks must replay too.
         state = {"models": {r: m.state_dict() for r, m in self.models.items()},
-                 "completed": self.completed, "current": current}
+                 "completed": self.completed, "current": current, "rng": torch.get_rng_state()}
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
@@ -86,6 +87,8 @@ class Checkpoints:
                 if role in self.models:
                     self.models[role].load_state_dict(sd)
             self.completed, self.resume = state["completed"], state["current"]
+            if self.resume is None and "rng" in state:  # stopped between phases (mid-phase: the loop restores it)
+                torch.set_rng_state(state["rng"])
             return True
         return False
 

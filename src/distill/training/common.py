@@ -1,14 +1,9 @@
-"""Pieces the loops share: optimizers, batched inference, validation with keep-the-best, step logs."""
+"""Pieces the loops share: optimizers, batched inference, validation with keep-the-best (step logs: log.py)."""
 from __future__ import annotations
 
 import copy
-import json
 import math
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -19,6 +14,7 @@ from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
 from distill.errors import DistillError
+from distill.training.log import RunLog  # noqa: F401  (re-exported: the loops import it from here)
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -90,12 +86,16 @@ def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_s
 
 
 @torch.no_grad()
-def predict_rows(model: nn.Module, loader, features: list[str]) -> torch.Tensor:
-    """Logits for every training row, placed by row number (works for streamed splits too)."""
+def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | None = None) -> torch.Tensor:
+    """Logits for every training row, placed by row number (works for streamed splits too); with
+    `log`, shown as a progress phase ("soft labels")."""
     was_training = model.training
     model.eval()
     out: torch.Tensor | None = None
-    for b in loader.ordered():
+    batches: Iterable = loader.ordered()
+    if log is not None:
+        batches = log.track(batches, "soft labels", total_rows=loader.num_rows)
+    for b in batches:
         z = model(b.select(features))
         if out is None:
             out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
@@ -131,43 +131,6 @@ def check_finite(step: int, terms: dict[str, float]) -> None:
     for name, value in terms.items():
         if not math.isfinite(value):
             raise DistillError(f"training diverged at step {step}: {name} is {value} (lower train.lr or check the data)")
-
-
-@dataclass
-class RunLog:
-    """Per-step and per-evaluation records, as JSON lines in the run directory, plus short
-    progress lines on stderr (`quiet` silences them)."""
-
-    directory: Path | None = None
-    quiet: bool = False
-    _files: dict[str, Any] = field(default_factory=dict)
-    _t0: float = field(default_factory=time.perf_counter)
-
-    def _write(self, name: str, record: dict[str, Any]) -> None:
-        if self.directory is None:
-            return
-        f = self._files.get(name)
-        if f is None:
-            f = self._files[name] = open(self.directory / name, "a")
-        f.write(json.dumps(record) + "\n")
-
-    def step(self, record: dict[str, Any]) -> None:
-        self._write("steps.jsonl", record)
-
-    def evaluation(self, record: dict[str, Any]) -> None:
-        self._write("evals.jsonl", record)
-        if not self.quiet:
-            shown = " ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
-            self.info(f"[{record['phase']}] epoch {record['epoch']} step {record['step']}: {shown}")
-
-    def info(self, message: str) -> None:
-        if not self.quiet:
-            print(f"{time.perf_counter() - self._t0:7.1f}s  {message}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
 
 
 class KeepBest:

@@ -48,6 +48,7 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InM
         log.info(f"[{phase}] resuming at step {step} (epoch {first_epoch}, batch {start})")
     model.train()
     net = distributed.wrap(model)  # under torchrun: DDP, gradients averaged across ranks in backward
+    log.phase(phase, cfg.train.epochs * len(loader), cfg.train.batch_size, epochs=cfg.train.epochs, start=step)
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
@@ -69,7 +70,7 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InM
             values = {k: v.item() for k, v in terms.items()} | {"loss": loss.item()}
             check_finite(step, values)
             if step % cfg.train.log_every == 0:
-                log.step({"phase": phase, "step": step, "epoch": epoch, "lambda": lam, **values})
+                log.step({"phase": phase, "step": step, "epoch": epoch, "lambda": lam, "lr": opt.param_groups[0]["lr"], **values})
             step += 1
             if keep is not None and step % every == 0:
                 scores = evaluate(model, valid, features, label)

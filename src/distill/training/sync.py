@@ -64,6 +64,7 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
     teacher.train()
     student.train()
     pair = distributed.wrap(Pair(teacher, student))  # under torchrun: DDP over both models at once
+    log.phase("sync", cfg.train.epochs * len(loader), cfg.train.batch_size, epochs=cfg.train.epochs, start=step)
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
@@ -82,7 +83,7 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
             values = {"L_s": l_s.item(), "L_d": l_d.item(), "L_t": l_t.item(), "loss": loss.item()}
             check_finite(step, values)
             if step % cfg.train.log_every == 0:
-                log.step({"phase": "sync", "step": step, "epoch": epoch, "lambda": lam, **values})
+                log.step({"phase": "sync", "step": step, "epoch": epoch, "lambda": lam, "lr": opt.param_groups[0]["lr"], **values})
             step += 1
             if keep is not None and step % every == 0:
                 stop = _validate(keep, teacher, student, teacher_features, student_features, valid, label, log, epoch, step)
