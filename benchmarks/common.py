@@ -55,7 +55,13 @@ def main(name: str, description: str, run: Callable[[bool, Path], dict[str, Any]
     args = parse_args(name, description, argv)
     setup_torch()
     t0 = time.perf_counter()
-    summary = run(args.quick, args.out)
+    try:
+        summary = run(args.quick, args.out)
+    except RuntimeError as e:
+        if "could not download" not in str(e):
+            raise
+        print(f"{name}: {e}", file=sys.stderr)  # offline: one line that says what is missing, no traceback
+        return 2
     print(f"{name}: done in {time.perf_counter() - t0:.0f} s; results in {args.out}", file=sys.stderr)
     if args.quick:
         problems = check(summary)
