@@ -161,16 +161,23 @@ def _vals(rows, variant, key):
 
 
 def check(summary: dict[str, Any]) -> list[str]:
-    """PFD+MD (the demo config) beats the student alone, and its teacher beats both."""
+    """The privileged features make the teacher much better than the student alone; the PFD+MD student is
+    not worse than the student alone by more than 0.01 AUC; offline distillation from the async teacher's
+    scores gives the async student (same soft labels, stored as a probability column and read back).
+    Not "PFD+MD beats the student alone": the full run finds no reliable gain on this log (see the results)."""
     rows = summary["rows"]
     base = _vals(rows, "student alone (two_tower, serving features)", "student_auc").mean()
     pfd = _vals(rows, "PFD+MD (demo: dcn_v2 teacher + privileged)", "student_auc").mean()
     teacher = _vals(rows, "PFD+MD (demo: dcn_v2 teacher + privileged)", "teacher_auc").mean()
+    a = _vals(rows, "async (teacher first, then frozen)", "student_auc").mean()
+    o = _vals(rows, "offline (teacher score as a column)", "student_auc").mean()
     problems = []
-    if not pfd > base:
-        problems.append(f"PFD+MD student AUC {pfd:.4f} does not beat the student alone {base:.4f}")
-    if not teacher > pfd:
-        problems.append("the PFD+MD teacher does not beat its student")
+    if not teacher > base + 0.05:
+        problems.append(f"the PFD+MD teacher ({teacher:.4f}) does not beat the student alone ({base:.4f}) by 0.05 AUC")
+    if not pfd > base - 0.01:
+        problems.append(f"PFD+MD student AUC {pfd:.4f} is worse than the student alone {base:.4f} by more than 0.01")
+    if not abs(a - o) < 0.002:
+        problems.append(f"offline from the async teacher's scores ({o:.4f}) differs from async ({a:.4f})")
     return problems
 
 
@@ -230,7 +237,7 @@ def figure(s: dict[str, Any]):
         if (r["group"], r["variant"]) not in order:
             order.append((r["group"], r["variant"]))
     base = _vals(rows, "student alone (two_tower, serving features)", "student_auc")
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(order) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(order) + 1.2))
     groups = list(dict.fromkeys(g for g, _ in order))
     colors = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
     y = np.arange(len(order))[::-1]
@@ -241,7 +248,7 @@ def figure(s: dict[str, Any]):
     ax.set_yticks(y, [f"{v}" for _, v in order], fontsize=7)
     for g in groups:
         ax.plot([], [], "o", color=colors[g], label=g)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel(f"student test AUC (mean ± std, {s['seeds']} seed(s)); dotted: student alone")
     ax.set_title("Demo ablation: one change at a time")
     ax.grid(axis="x", alpha=0.3)

@@ -114,14 +114,17 @@ def _vals(rows, variant, model, key):
 
 
 def check(summary: dict[str, Any]) -> list[str]:
-    """The teacher (with the privileged features) beats the baseline, and the PFD async student beats it too."""
+    """The teacher with the privileged features beats the baseline clearly, and no distilled student is
+    worse than the baseline by more than 0.01 AUC. Not "the student beats the baseline": the full run finds
+    no reliable gain on this data (see results/pfd_adult.md), so a quick run cannot assert one."""
     rows = summary["rows"]
     base = np.mean(_vals(rows, "baseline (student alone)", "baseline", "auc"))
     problems = []
-    if not np.mean(_vals(rows, "PFD async", "teacher", "auc")) > base:
-        problems.append("the teacher with privileged features does not beat the baseline")
-    if not np.mean(_vals(rows, "PFD async", "student", "auc")) > base:
-        problems.append("the PFD async student does not beat the baseline")
+    if not np.mean(_vals(rows, "PFD async", "teacher", "auc")) > base + 0.02:
+        problems.append("the teacher with privileged features does not beat the baseline by 0.02 AUC")
+    for v in VARIANTS:
+        if not np.mean(_vals(rows, v, "student", "auc")) > base - 0.01:
+            problems.append(f"the {v} student is worse than the baseline by more than 0.01 AUC")
     return problems
 
 
