@@ -122,12 +122,12 @@ def test_async_computes_soft_labels_once_whatever_the_epochs(tmp_path):
         spy_models.SEEN.clear()
         import distill.training.asynchronous as a
         seen = []
-        original = a.predict_logits
-        a.predict_logits = lambda model, data, feats, *args: seen.append(len(data)) or original(model, data, feats, *args)
+        original = a.predict_rows
+        a.predict_rows = lambda model, loader, feats: seen.append(loader.num_rows) or original(model, loader, feats)
         try:
             run = train(cfg_of(r), quiet=True)
         finally:
-            a.predict_logits = original
+            a.predict_rows = original
         calls[epochs] = seen
         assert "teacher" in run.models
         # the loaded teacher is the checkpoint's, unchanged

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,12 +34,21 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (DistillError, MissingFeatureError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/]{_rank_tag()} {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _rank_tag() -> str:
+    """' [rank r]' under torchrun (every rank reports its own error), '' otherwise."""
+    return f" \\[rank {os.environ.get('RANK', '0')}]" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # torchrun's rank; read here to keep torch out of the CLI's import
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -92,8 +102,9 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
     from distill.run import train as train_run
     run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
                     quiet=quiet, resume=resume is not None)
-    out.print(metrics_table(run.metrics, f"{run.path}"))
-    out.print(f"run written to [bold]{run.path}[/]")
+    if _is_main():  # under torchrun, rank 0 speaks for the job
+        out.print(metrics_table(run.metrics, f"{run.path}"))
+        out.print(f"run written to [bold]{run.path}[/]")
 
 
 @app.command()
@@ -142,6 +153,56 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
     summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
     print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
     out.print(f"details in [bold]{output / 'compare'}[/] (compare.md, one run directory per seed)")
+
+
+# ----------------------------------------------------------------------------- serving the student
+
+
+@app.command("export")
+@guarded
+def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
+               fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT).")) -> None:
+    """Export the student alone (graph on serving features, encoders, manifest) and leak-check it."""
+    from distill.serving.export import export
+    d = export(run, fmt, out_dir)
+    for c in json.loads((d / "manifest.json").read_text())["leak_check"]["checks"]:
+        out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False)
+    out.print(f"exported to [bold]{d}[/]")
+
+
+@app.command()
+@guarded
+def predict(run: Path = typer.Argument(..., help="A run directory or an exported model."),
+            data: Path = typer.Argument(..., help="Parquet or CSV (a file, directory or glob)."),
+            output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write."),
+            keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
+            chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file.")) -> None:
+    """Score a file with the student, in chunks; columns the student does not read are ignored."""
+    from distill.serving.exported import load_model
+    from distill.serving.predict import score
+
+    def said_once(s) -> None:
+        priv = f" (privileged: {', '.join(s.ignored_privileged)})" if s.ignored_privileged else ""
+        err.print(f"ignoring {len(s.ignored)} column(s) the student does not read: {', '.join(s.ignored)}{priv}",
+                  highlight=False, soft_wrap=True)
+
+    summary = score(load_model(run), data, output, keep=keep, chunk_rows=chunk_rows, on_ignored=said_once)
+    out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{output}[/]")
+
+
+@app.command()
+@guarded
+def serve(run: Path = typer.Argument(..., help="A run directory or an exported model."),
+          host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+          port: int = typer.Option(8000, help="Port."),
+          fmt: str = typer.Option("onnx", "--format", help="Runtime when RUN is a run directory: onnx or torchscript."),
+          threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's).")) -> None:
+    """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs)."""
+    import uvicorn
+    from distill.serving.exported import load_model
+    from distill.serving.service import create_app
+    uvicorn.run(create_app(load_model(run, fmt, threads)), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

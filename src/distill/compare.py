@@ -9,6 +9,7 @@ student − baseline, and the share of the teacher–baseline gap the student cl
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
     """
     if seeds < 1:
         raise DistillError("--seeds: must be at least 1")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same comparison
+        raise DistillError("compare runs in one process; under torchrun, run `distill train` once per seed")
     if cfg.distillation.mode == "none":
         raise DistillError("distillation.mode: 'none' is the baseline itself; compare needs sync, async or offline")
     check(cfg)

@@ -31,6 +31,9 @@ class DataConfig(Strict):
     valid: str | None = None
     test: str | None = None
     format: Literal["auto", "parquet", "csv"] = "auto"
+    streaming: bool = False  # train from Parquet row groups without loading the split (see data/stream.py)
+    shuffle_buffer: int = Field(default=262_144, gt=0)  # streaming: rows shuffled together
+    prefetch: int = Field(default=2, ge=0)  # streaming: row groups read ahead on a background thread
 
 
 class TaskConfig(Strict):
@@ -111,6 +114,9 @@ class TrainConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd", "adagrad", "rmsprop"] = "adam"
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    # Row-wise embedding updates: tables get sparse gradients and SparseAdam (lazy Adam) updates only
+    # the rows a batch touched, so a step costs in proportion to those rows, not to the table size.
+    sparse_embeddings: bool = False
     seed: int = 0
     eval_every: int | None = Field(default=None, gt=0)  # steps; default once per epoch
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)

@@ -9,7 +9,10 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}}
     steps.jsonl          one line per step: phase, step, epoch, λ, L_s, L_d, L_t, loss
     evals.jsonl          validation metrics at each evaluation
-    run.json             timings, shared tables, filled values, warnings, versions
+    run.json             timings, shared tables, filled values, warnings, versions, world size
+
+Under `torchrun --nproc_per_node=N -m distill train CONFIG` the same function runs on every rank;
+only rank 0 writes the run directory (docs/distributed.md, `distill.distributed`).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from distill import schema
+from distill import distributed, schema
 from distill.config import Config, config_from_dict, dump_config
 from distill.data.dataset import Encoders, Splits, load_splits
 from distill.data.io import read_table
@@ -36,6 +39,7 @@ from distill.errors import DistillError
 from distill.models import build_model
 from distill.models.parts import FeatureInfo, share_tables
 from distill.data.loader import InMemoryLoader
+from distill.data.stream import StreamingLoader
 from distill.training.asynchronous import train_async_student
 from distill.training.checkpoint import Checkpoints, atomic_write, require_good
 from distill.training.common import RunLog, evaluate, predict_logits, to_output
@@ -55,7 +59,8 @@ def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Mod
     names = [f.name for f in schema.model_features(cfg, section)]
     torch.manual_seed(seed + (0 if role == "teacher" else 1))  # baseline and student start identical
     try:
-        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim)
+        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim,
+                            sparse=cfg.train.sparse_embeddings)
     except (ValueError, TypeError) as e:
         raise DistillError(f"{section}.model '{getattr(cfg, section).model}': {e}") from None
     return model, names
@@ -105,22 +110,35 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     mode, seed = cfg.distillation.mode, cfg.train.seed
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
-    partial = resume_output(output, cfg) if resume else prepare_output(output, overwrite)
-    (partial / "config.yaml").write_text(dump_config(cfg))
-    log = RunLog(partial, quiet)
+    # Under torchrun only rank 0 touches the run directory (docs/distributed.md); a world of one
+    # runs exactly the lines it always did.
+    distributed.setup()
+    main = distributed.is_main()
+
+    def start() -> Path:
+        partial = resume_output(output, cfg) if resume else prepare_output(output, overwrite)
+        (partial / "config.yaml").write_text(dump_config(cfg))
+        return partial
+
+    partial = distributed.on_main(start)
+    log = RunLog(partial if main else None, quiet or not main)
     try:
         for w in warnings:
             log.info(f"warning: {w}")
         t0 = time.perf_counter()
         if splits is None:
             splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
+        loader = make_loader(cfg, splits)
+        distributed.agree("encoders and training rows", (splits.encoders.to_dict(), loader.num_rows))
         info: dict[str, Any] = {"mode": mode, "seed": seed, "warnings": warnings, "versions": versions(),
-                                "rows": {"train": len(splits.train)}, "load_seconds": time.perf_counter() - t0,
-                                "filled_values": splits.train.missing}
-        for n, c in splits.train.missing.items():
+                                "world_size": distributed.world(),
+                                "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
+                                "filled_values": splits.train_missing or {}}
+        for n, c in (splits.train_missing or {}).items():
             log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged")
         label = splits.encoders.label
         models, features = _build_all(cfg, splits.encoders, teacher_run)
+        distributed.seed_rank(seed)
         if "teacher" in models:
             log.info(f"teacher: {cfg.teacher.model} on {len(features['teacher'])} features "
                      f"({_params(models['teacher']):,} parameters); student: {cfg.student.model} on "
@@ -130,13 +148,13 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             info["shared_tables"] = share_tables(models["teacher"], models["student"], common)
             log.info(f"sharing embedding tables: {', '.join(info['shared_tables']) or 'none'}")
 
-        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models)
+        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models, write=main)
         if resume:
-            require_good(ckpt, partial)
+            _resume(ckpt, partial)
             for w in ckpt.warnings:
                 log.info(f"warning: {w}")
-            trim_logs(partial, ckpt)
-        loader = InMemoryLoader(splits.train, cfg.train.batch_size, seed)
+        # under torchrun, rank r takes the r-th slice of each global batch of `batch_size` rows
+        loader = distributed.shard(loader)
         valid = splits.valid
 
         def phase(name: str, fn, *args, **kwargs) -> None:
@@ -158,7 +176,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                   features["student"], loader, valid, label, log)
         elif mode == "offline":
             phase("student", train_single, cfg, models["student"], features["student"], loader, valid, label, log,
-                  "student", soft=splits.train.soft)
+                  "student", soft=lambda batch: batch.soft)
         if "baseline" in models:
             log.info("training the baseline: the same student without distillation")
             phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader, valid, label, log, "baseline")
@@ -168,19 +186,58 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             info["baseline_seconds"] = ckpt.completed["baseline"]["wall_seconds"]
 
         results = {role: _evaluate_all(models[role], features[role], splits, label) for role in ROLES if role in models}
-        _write_run(partial, cfg, splits.encoders, models, results, info)
+
+        def finish() -> None:
+            _write_run(partial, cfg, splits.encoders, models, results, info)
+            log.close()
+            shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: weights are saved
+            publish(partial, output)
+
+        distributed.on_main(finish)
+    except BaseException as error:
         log.close()
-        shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: weights are saved
-        publish(partial, output)
-    except BaseException as e:
-        log.close()
-        if cfg.train.checkpoint_every and any((partial / "checkpoints").glob("ckpt-*.pt")):
-            if isinstance(e, DistillError):  # keep what can be resumed, and say how
-                raise DistillError(f"{e}; checkpoints kept in {partial}, continue with --resume {output}") from None
-        else:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
+        e = distributed.peer_failure(error) or error  # a lost peer reads as one line, not a gloo traceback
+        if main:  # rank 0 owns the run directory and decides what to keep
+            if cfg.train.checkpoint_every and any((partial / "checkpoints").glob("ckpt-*.pt")):
+                if isinstance(e, DistillError):  # keep what can be resumed, and say how
+                    raise DistillError(f"{e}; checkpoints kept in {partial}, continue with --resume {output}") from None
+            else:
+                shutil.rmtree(partial, ignore_errors=True)
+        if e is error:
+            raise
+        raise e from None
+    if not main:  # the same models and metrics as rank 0's, without reading its directory
+        for m in models.values():
+            m.eval()
+        return Run(output, cfg, splits.encoders, {}, results, models, features)
     return load_run(output)
+
+
+def _resume(ckpt: Checkpoints, partial: Path) -> None:
+    """Load the newest good checkpoint on every rank. Rank 0 reads it (only it needs the run
+    directory) and sends it to the others; its positions are in global batches, so any number
+    of processes can continue it."""
+    def read() -> dict[str, Any] | None:
+        require_good(ckpt, partial)
+        trim_logs(partial, ckpt)
+        if not distributed.active():
+            return None
+        return {"models": {r: m.state_dict() for r, m in ckpt.models.items()}, "completed": ckpt.completed,
+                "resume": ckpt.resume}
+
+    state = distributed.on_main(read)
+    if state is not None and not distributed.is_main():
+        for role, sd in state["models"].items():
+            ckpt.models[role].load_state_dict(sd)
+        ckpt.completed, ckpt.resume = state["completed"], state["resume"]
+
+
+def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoader":
+    if cfg.data.streaming:
+        soft = cfg.distillation.soft_label if cfg.distillation.mode == "offline" else None
+        return StreamingLoader(cfg, splits.encoders, soft_label=soft)
+    assert splits.train is not None
+    return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)
 
 
 def _build_all(cfg: Config, encoders: Encoders, teacher_run: "Run | None") -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
@@ -244,7 +301,7 @@ def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label) 
         data = getattr(splits, split)
         if data is not None:
             out[split] = evaluate(model, data, features, label)
-    if not out:
+    if not out and splits.train is not None:
         out["train"] = evaluate(model, splits.train, features, label)
     return out
 

@@ -20,6 +20,7 @@ class Batch:
     y: torch.Tensor | None = None  # (B,) float32 (binary, regression) or int64 (multiclass)
     weight: torch.Tensor | None = None  # (B,)
     index: torch.Tensor | None = None  # (B,) row positions in the split (for cached soft labels)
+    soft: torch.Tensor | None = None  # (B,) or (B, C) offline mode: the teacher's score as logits
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
@@ -33,9 +34,12 @@ class Batch:
     def __len__(self) -> int:
         return len(next(iter(self.features.values())))
 
+    def as_encoded(self) -> "Encoded":
+        return Encoded(dict(self.features), self.y, self.weight, None, self.soft)
+
     def select(self, names: list[str]) -> "Batch":
         """The same rows with only `names` as features: the view one model is allowed to see."""
-        return Batch({n: self.features[n] for n in names}, self.y, self.weight, self.index)
+        return Batch({n: self.features[n] for n in names}, self.y, self.weight, self.index, self.soft)
 
 
 @dataclass
@@ -52,12 +56,14 @@ class Encoded:
     def __len__(self) -> int:
         return len(next(iter(self.features.values())))
 
-    def batch(self, idx: torch.Tensor) -> Batch:
+    def batch(self, idx: torch.Tensor, offset: int = 0) -> Batch:
+        """Rows `idx`; `offset` turns chunk positions into row numbers of the whole split."""
         return Batch(
             {n: t[idx] for n, t in self.features.items()},
             None if self.y is None else self.y[idx],
             None if self.weight is None else self.weight[idx],
-            idx,
+            idx + offset if offset else idx,
+            None if self.soft is None else self.soft[idx],
         )
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None):

@@ -107,21 +107,32 @@ def _require(table: pa.Table, columns: list[str], where: str) -> None:
 @dataclass
 class Splits:
     encoders: Encoders
-    train: Encoded
+    train: Encoded | None  # None when the training split is streamed (data.streaming)
     valid: Encoded | None
     test: Encoded | None
+    train_missing: dict[str, int] | None = None  # filled values in train, per feature
 
 
 def load_splits(cfg: Config, encoders: Encoders | None = None) -> Splits:
     """Read and encode train / valid / test; encoders are fitted on train only (or given, e.g. a
-    trained teacher's, so its inputs mean what they meant when it learned)."""
+    trained teacher's, so its inputs mean what they meant when it learned). With data.streaming the
+    training split is only scanned to fit the encoders; valid and test are held in memory."""
     soft = cfg.distillation.soft_label if cfg.distillation.mode == "offline" else None
-    train_t = read_table(cfg.data.train, cfg.data.format)
-    encoders = encoders or Encoders.fit(cfg, train_t, cfg.data.train)
-    train = encoders.encode(cfg, train_t, cfg.data.train, soft_label=soft)
-    del train_t
+    if cfg.data.streaming:
+        from distill.data.stream import fit_streaming
+        fitted, missing = fit_streaming(cfg)
+        encoders = encoders or fitted
+        train = None
+    else:
+        train_t = read_table(cfg.data.train, cfg.data.format)
+        encoders = encoders or Encoders.fit(cfg, train_t, cfg.data.train)
+        train = encoders.encode(cfg, train_t, cfg.data.train, soft_label=soft)
+        missing = train.missing
+        del train_t
     parts: dict[str, Encoded | None] = {}
     for split in ("valid", "test"):
         spec = getattr(cfg.data, split)
         parts[split] = encoders.encode(cfg, read_table(spec, cfg.data.format), spec) if spec else None
-    return Splits(encoders, train, parts["valid"], parts["test"])
+    if cfg.data.streaming and not (parts["valid"] or parts["test"]):
+        raise DistillError("data.streaming: give a valid or test split to measure the models on")
+    return Splits(encoders, train, parts["valid"], parts["test"], missing)

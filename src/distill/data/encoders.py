@@ -111,7 +111,8 @@ class FeatureEncoder:
         """Returns the encoded array and how many values were missing (filled)."""
         if self.kind == "numeric":
             x, missing = _numbers(col, self.name, where)
-            value = np.where(missing, 0.0, (np.nan_to_num(x) - self.mean) / self.std)
+            # clipped: a value 10^4 standard deviations out (or 1e308) would overflow float32 to inf
+            value = np.clip(np.where(missing, 0.0, (np.nan_to_num(x) - self.mean) / self.std), -1e4, 1e4)
             return np.stack([value, missing], axis=1).astype(np.float32), int(missing.sum())  # (N, 2)
         assert self.index is not None
         if self.kind == "categorical":

@@ -22,6 +22,14 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
 
+    @property
+    def num_rows(self) -> int:
+        return len(self.data)
+
+    def ordered(self, batch_size: int = 8192) -> Iterator[Batch]:
+        """Every row once, in file order (for inference, e.g. caching a teacher's logits)."""
+        return self.data.batches(batch_size)
+
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.data)
         if not self.shuffle:

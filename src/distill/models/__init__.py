@@ -48,11 +48,11 @@ def resolve_factory(name: str) -> Callable[[ModelSpec], nn.Module]:
     return factory
 
 
-def build_model(mc: ModelConfig, features: tuple[FeatureInfo, ...], out_dim: int) -> nn.Module:
+def build_model(mc: ModelConfig, features: tuple[FeatureInfo, ...], out_dim: int, sparse: bool = False) -> nn.Module:
     spec = ModelSpec(
         features=features, out_dim=out_dim, hidden=tuple(mc.hidden), embedding_dim=mc.embedding_dim,
         dropout=mc.dropout, cross_layers=mc.cross_layers, tower_dim=mc.tower_dim,
-        user_features=tuple(mc.user_features or ()), options=dict(mc.options),
+        user_features=tuple(mc.user_features or ()), options=dict(mc.options), sparse=sparse,
     )
     model = resolve_factory(mc.model)(spec)
     if not isinstance(model, nn.Module):

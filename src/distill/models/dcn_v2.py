@@ -10,7 +10,7 @@ from distill.models.parts import FeatureEmbedding, ModelSpec, mlp, squeeze_out
 class DCNv2(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim)
+        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         in_dim = self.embedding.num_fields * spec.embedding_dim + self.embedding.dense_dim
         self.cross = nn.ModuleList(nn.Linear(in_dim, in_dim) for _ in range(spec.cross_layers))
         self.deep = mlp(in_dim, spec.hidden, spec.dropout)

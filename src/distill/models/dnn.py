@@ -9,7 +9,7 @@ from distill.models.parts import FeatureEmbedding, ModelSpec, mlp, squeeze_out
 class DNN(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim)
+        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         in_dim = self.embedding.num_fields * spec.embedding_dim + self.embedding.dense_dim
         self.over = mlp(in_dim, spec.hidden, spec.dropout, spec.out_dim)
 

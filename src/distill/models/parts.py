@@ -35,6 +35,7 @@ class ModelSpec:
     tower_dim: int = 32
     user_features: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
+    sparse: bool = False  # embedding tables with sparse gradients (train.sparse_embeddings)
 
     def subset(self, names: set[str]) -> tuple[FeatureInfo, ...]:
         return tuple(f for f in self.features if f.name in names)
@@ -47,7 +48,7 @@ class FeatureEmbedding(nn.Module):
     concatenated (B, 2·N). Tables are keyed by feature name so the sync loop can share them.
     """
 
-    def __init__(self, features: tuple[FeatureInfo, ...], dim: int):
+    def __init__(self, features: tuple[FeatureInfo, ...], dim: int, sparse: bool = False):
         super().__init__()
         self.dim = dim
         self.sparse_names = [f.name for f in features if f.type != "numeric"]
@@ -55,12 +56,18 @@ class FeatureEmbedding(nn.Module):
         self.tables = nn.ModuleDict()
         for f in features:
             if f.type == "categorical":
-                self.tables[f.name] = nn.Embedding(f.cardinality, dim)
+                self.tables[f.name] = nn.Embedding(f.cardinality, dim, sparse=sparse)
             elif f.type == "multi_categorical":
-                self.tables[f.name] = nn.EmbeddingBag(f.cardinality, dim, mode="mean", padding_idx=0)
-        for t in self.tables.values():
+                # An nn.Embedding + masked mean rather than nn.EmbeddingBag: the same numbers, but
+                # EmbeddingBag with padding_idx does not export to ONNX, and serving needs it to.
+                self.tables[f.name] = nn.Embedding(f.cardinality, dim, padding_idx=0, sparse=sparse)
+        self.multi_names = {f.name for f in features if f.type == "multi_categorical"}
+        # Set by share_tables: one dict for both models, so a shared table is looked up once per
+        # batch and the two models' gradients meet before its (costly) backward.
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        for n, t in self.tables.items():
             nn.init.normal_(t.weight, std=0.05)
-            if isinstance(t, nn.EmbeddingBag):
+            if n in self.multi_names:
                 with torch.no_grad():
                     t.weight[0].zero_()
 
@@ -72,20 +79,39 @@ class FeatureEmbedding(nn.Module):
     def dense_dim(self) -> int:
         return 2 * len(self.numeric_names)
 
+    def lookup(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """(B,) ids → (B, D); a multi-valued (B, L) bag → the mean of its non-padding rows (B, D)."""
+        if self.memo is not None and self.training and name in self.memo and self.memo[name][0] is ids:
+            return self.memo[name][1]  # the other model already looked these ids up in this step
+        emb = self.tables[name](ids)
+        if name in self.multi_names:
+            mask = (ids != 0).unsqueeze(-1).to(emb.dtype)  # (B, L, 1)
+            emb = (emb * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # an empty bag gives zeros
+        if self.memo is not None and self.training and name in self.memo:
+            self.memo[name] = (ids, emb)  # holding `ids` keeps its id() from being reused
+        return emb
+
     def fields(self, batch: Batch, names: list[str] | None = None) -> torch.Tensor:
         names = self.sparse_names if names is None else names
         if not names:
-            return torch.zeros(len(batch), 0, self.dim)
-        return torch.stack([self.tables[n](batch[n]) for n in names], dim=1)  # (B, F, D)
+            return _empty(batch, self.dim)
+        return torch.stack([self.lookup(n, batch[n]) for n in names], dim=1)  # (B, F, D)
 
     def dense(self, batch: Batch, names: list[str] | None = None) -> torch.Tensor:
         names = self.numeric_names if names is None else names
         if not names:
-            return torch.zeros(len(batch), 0)
+            return _empty(batch).flatten(1)
         return torch.cat([batch[n] for n in names], dim=1)  # (B, 2N)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.fields(batch), self.dense(batch)
+
+
+def _empty(batch: Batch, dim: int = 0) -> torch.Tensor:
+    """A (B, 0, dim) float tensor whose B follows the batch: traced or exported graphs must not
+    freeze the batch size seen at export time (len(batch) would become a constant)."""
+    ref = next(iter(batch.features.values()))
+    return ref.new_zeros((ref.shape[0], 0, dim), dtype=torch.float32)
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], dropout: float = 0.0, out_dim: int | None = None) -> nn.Sequential:
@@ -120,4 +146,6 @@ def share_tables(teacher: nn.Module, student: nn.Module, names: list[str]) -> li
                 raise ValueError(f"cannot share '{n}': table shapes differ")
             s_emb.tables[n] = t_emb.tables[n]
             shared.append(n)
+    memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {n: (torch.empty(0), torch.empty(0)) for n in shared}
+    t_emb.memo = s_emb.memo = memo
     return shared

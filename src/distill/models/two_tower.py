@@ -16,7 +16,7 @@ class TwoTower(nn.Module):
         super().__init__()
         if spec.out_dim != 1:
             raise ValueError("two_tower returns one score per user-item pair (binary or regression)")
-        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim)
+        self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         users = set(spec.user_features)
         self.user_sparse = [n for n in self.embedding.sparse_names if n in users]
         self.user_dense = [n for n in self.embedding.numeric_names if n in users]

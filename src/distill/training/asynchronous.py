@@ -15,7 +15,7 @@ from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
 from distill.data.loader import InMemoryLoader
 from distill.training.checkpoint import Checkpoints
-from distill.training.common import RunLog, predict_logits
+from distill.training.common import RunLog, predict_rows
 from distill.training.single import train_single
 
 
@@ -25,8 +25,11 @@ def train_async_student(cfg: Config, teacher: nn.Module, student: nn.Module, tea
     teacher.eval()
     teacher.requires_grad_(False)
     t0 = time.perf_counter()
-    soft = predict_logits(teacher, loader.data, teacher_features)  # (N,) or (N, C), once
+    # (N,) or (N, C), once. Under torchrun each rank predicts its slices and all ranks get every row.
+    # The frozen teacher is never wrapped in DDP: it has nothing to learn, so nothing to reduce.
+    cache = predict_rows(teacher, loader, teacher_features)
     soft_seconds = time.perf_counter() - t0
     log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
-    summary = train_single(cfg, student, student_features, loader, valid, label, log, phase="student", soft=soft, ckpt=ckpt)
+    summary = train_single(cfg, student, student_features, loader, valid, label, log, phase="student",
+                           soft=lambda batch: cache[batch.index], ckpt=ckpt)
     return summary | {"soft_label_seconds": soft_seconds}

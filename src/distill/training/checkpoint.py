@@ -35,8 +35,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class Checkpoints:
-    def __init__(self, directory: Path, every: int | None, models: dict[str, nn.Module], keep: int = 2):
+    def __init__(self, directory: Path, every: int | None, models: dict[str, nn.Module], keep: int = 2,
+                 write: bool = True):
         self.directory, self.every, self.models, self.keep = directory, every, models, keep
+        self.write = write  # False on ranks other than 0 under torchrun: one writer per run
         self.completed: dict[str, Any] = {}  # phase -> its summary
         self.resume: dict[str, Any] | None = None  # the phase in progress when the run stopped
         self.warnings: list[str] = []
@@ -53,6 +55,8 @@ class Checkpoints:
             self.save(None)
 
     def save(self, current: dict[str, Any] | None) -> None:
+        if not self.write:
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         state = {"models": {r: m.state_dict() for r, m in self.models.items()},
                  "completed": self.completed, "current": current}

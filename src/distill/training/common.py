@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill import metrics
+from distill import distributed, metrics
 from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
@@ -41,8 +41,42 @@ def unique_parameters(*models: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def make_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.train.optimizer](params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+def make_optimizer(cfg: Config, params: list[nn.Parameter], models: tuple[nn.Module, ...] = ()) -> "torch.optim.Optimizer | Optimizers":
+    """The configured optimizer; with train.sparse_embeddings, SparseAdam for the sparse tables of
+    `models` and the configured one for everything else."""
+    make = OPTIMIZERS[cfg.train.optimizer]
+    sparse_ids = {id(m.weight) for model in models for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    if not sparse_ids:
+        return make(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sparse = [p for p in params if id(p) in sparse_ids]
+    dense = [p for p in params if id(p) not in sparse_ids]
+    parts = [torch.optim.SparseAdam(sparse, lr=cfg.train.lr)]
+    if dense:
+        parts.append(make(dense, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay))
+    return Optimizers(parts)
+
+
+class Optimizers:
+    """Several optimizers stepped as one (sparse embedding tables + dense layers)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+        self.param_groups = [g for p in parts for g in p.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parts:
+            p.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for p in self.parts:
+            p.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for p, s in zip(self.parts, state["parts"]):
+            p.load_state_dict(s)
 
 
 @torch.no_grad()
@@ -53,6 +87,22 @@ def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_s
     out = [model(b.select(features)) for b in data.batches(batch_size)]
     model.train(was_training)
     return torch.cat(out)  # (N,) or (N, C)
+
+
+@torch.no_grad()
+def predict_rows(model: nn.Module, loader, features: list[str]) -> torch.Tensor:
+    """Logits for every training row, placed by row number (works for streamed splits too)."""
+    was_training = model.training
+    model.eval()
+    out: torch.Tensor | None = None
+    for b in loader.ordered():
+        z = model(b.select(features))
+        if out is None:
+            out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
+        out[b.index] = z
+    model.train(was_training)
+    assert out is not None
+    return distributed.sum_parts(out)  # under torchrun each rank predicted its slices: gather them
 
 
 def to_output(logits: torch.Tensor, label: LabelEncoder, temperature: float = 1.0) -> np.ndarray:
@@ -71,7 +121,9 @@ def label_values(data: Encoded, label: LabelEncoder) -> np.ndarray:
 
 
 def evaluate(model: nn.Module, data: Encoded, features: list[str], label: LabelEncoder) -> dict[str, float]:
-    pred = to_output(predict_logits(model, data, features), label)
+    """Metrics over the whole split; under torchrun each rank predicts a slice, all ranks get all rows."""
+    logits = distributed.predict_all(lambda part: predict_logits(model, part, features), data)
+    pred = to_output(logits, label)
     return metrics.compute(label.task, label_values(data, label), pred, data.group)
 
 

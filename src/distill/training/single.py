@@ -8,13 +8,14 @@ both phases of `async` (the teacher alone, then the student against the teacher'
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 
-from distill import schedules
+from distill import distributed, schedules
 from distill.config import Config
-from distill.data.batch import Encoded
+from distill.data.batch import Batch, Encoded
 from distill.data.encoders import LabelEncoder
 from distill.data.loader import InMemoryLoader
 from distill.losses import distill_loss, hard_loss
@@ -24,14 +25,18 @@ from distill.training.common import (KeepBest, RunLog, check_finite, eval_points
 
 
 def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InMemoryLoader, valid: Encoded | None,
-                 label: LabelEncoder, log: RunLog, phase: str, soft: torch.Tensor | None = None,
-                 ckpt: Checkpoints | None = None) -> dict:
-    """Train `model` in place (best validation weights restored); returns a summary dict."""
+                 label: LabelEncoder, log: RunLog, phase: str,
+                 soft: Callable[[Batch], torch.Tensor] | None = None, ckpt: Checkpoints | None = None) -> dict:
+    """Train `model` in place (best validation weights restored); returns a summary dict.
+
+    `soft(batch)` gives the teacher's logits for the batch's rows (async: the cached teacher;
+    offline: the data column); without it the model learns from the labels alone.
+    """
     task, d = cfg.task.type, cfg.distillation
     every = eval_points(cfg, len(loader))
     metric, patience = stopping_metric(cfg)
     keep = KeepBest(metric, patience, [model]) if valid is not None else None
-    opt = make_optimizer(cfg, unique_parameters(model))
+    opt = make_optimizer(cfg, unique_parameters(model), (model,))
     step, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
     resume = ckpt.resume_for(phase) if ckpt else None
     if resume:  # continue exactly where the checkpoint left off
@@ -42,17 +47,18 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InM
         torch.set_rng_state(resume["rng"])
         log.info(f"[{phase}] resuming at step {step} (epoch {first_epoch}, batch {start})")
     model.train()
+    net = distributed.wrap(model)  # under torchrun: DDP, gradients averaged across ranks in backward
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
                                   start=start if epoch == first_epoch else 0):
-            logits = model(batch.select(features))  # (B,) or (B, C)
+            logits = net(batch.select(features))  # (B,) or (B, C)
             l_s = hard_loss(logits, batch.y, task, batch.weight)
             terms = {"L_s": l_s}
             lam = 0.0
             if soft is not None:
                 lam = schedules.lam(d.schedule.type, step, d.weight, d.schedule.steps)
-                terms["L_d"] = distill_loss(logits, soft[batch.index], task, d.temperature, batch.weight)
+                terms["L_d"] = distill_loss(logits, soft(batch), task, d.temperature, batch.weight)
                 loss = (1.0 - lam) * l_s + lam * terms["L_d"]
             else:
                 loss = l_s

@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from distill import schedules
+from distill import distributed, schedules
 from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
@@ -23,6 +23,18 @@ from distill.losses import distill_loss, hard_loss
 from distill.training.checkpoint import Checkpoints
 from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
                                      stopping_metric, unique_parameters)
+
+
+class Pair(nn.Module):
+    """Teacher and student as one module, so that under torchrun a single DDP wrapper reduces a
+    shared embedding table once (two wrappers would each own, and reduce, the same parameter)."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module):
+        super().__init__()
+        self.teacher, self.student = teacher, student
+
+    def forward(self, teacher_batch, student_batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.teacher(teacher_batch), self.student(student_batch)
 
 
 def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_features: list[str],
@@ -38,7 +50,7 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
     keep = None
     if valid is not None:
         keep = (KeepBest(metric, patience, [teacher]), KeepBest(metric, patience, [teacher, student] if shared else [student]))
-    opt = make_optimizer(cfg, unique_parameters(teacher, student))
+    opt = make_optimizer(cfg, unique_parameters(teacher, student), (teacher, student))
     step, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
     resume = ckpt.resume_for("sync") if ckpt else None
     if resume:  # continue exactly where the checkpoint left off
@@ -51,12 +63,13 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
         log.info(f"[sync] resuming at step {step} (epoch {first_epoch}, batch {start})")
     teacher.train()
     student.train()
+    pair = distributed.wrap(Pair(teacher, student))  # under torchrun: DDP over both models at once
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
                                   start=start if epoch == first_epoch else 0):
-            t_logits = teacher(batch.select(teacher_features))  # sees serving + privileged
-            s_logits = student(batch.select(student_features))  # sees serving features only
+            # the teacher sees serving + privileged features, the student serving features only
+            t_logits, s_logits = pair(batch.select(teacher_features), batch.select(student_features))
             lam = schedules.lam(d.schedule.type, step, d.weight, d.schedule.steps)
             l_t = hard_loss(t_logits, batch.y, task, batch.weight)
             l_s = hard_loss(s_logits, batch.y, task, batch.weight)

@@ -1,0 +1,222 @@
+"""Speed and scale (issue 5): distill against a hand-written PyTorch loop, side by side in one run.
+
+    python -m benchmarks.speed [--quick] [--rows N] [--stream-rows N] [--table-rows N]
+
+Reference shape: 26 categorical features of 10,000 values with 16-dim embeddings, 13 numeric, plus
+4 categorical and 4 numeric privileged ones; student MLP 256-128, teacher MLP 512-256-128 on all
+features; batch 4,096; Adam. The hand loop (benchmarks/handloop.py) trains on tensors already in
+memory; distill's runs *include* reading and encoding the Parquet file.
+
+Sections, each a ratio measured in this one run:
+1. throughput: hand loop (student / teacher / sync) vs distill (student alone, sync PFD with shared
+   embeddings, async with the teacher's soft labels cached);
+2. streaming: data.streaming on a small and a large Parquet file: samples/s and peak resident memory
+   (each in its own process, ru_maxrss);
+3. large tables: one hashed feature with 10^5..10^7 rows, step time and peak memory, dense vs
+   row-wise (train.sparse_embeddings) updates.
+Results go to benchmarks/results/speed.{md,csv} with the machine's description.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from benchmarks.ctrdata import N_CAT, N_NUM, features, make_arrays, write_parquet
+from benchmarks.handloop import hand_train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, load average {load:.2f} at the end")
+
+
+def distill_config(train_path: str, mode: str, batch: int = 4096, **extra) -> dict:
+    raw = {
+        "data": {"train": train_path},
+        "task": {"type": "binary", "label": "y"},
+        "features": features(extra.pop("hash_buckets", None)),
+        "teacher": {"model": "dnn", "hidden": [512, 256, 128], "embedding_dim": 16},
+        "student": {"model": "dnn", "hidden": [256, 128], "embedding_dim": 16},
+        "distillation": {"mode": mode, "share_embeddings": mode == "sync"},
+        "train": {"epochs": 1, "batch_size": batch, "lr": 1e-3, "early_stopping": None, "baseline": False},
+    }
+    for key, value in extra.items():
+        raw[key].update(value)
+    return raw
+
+
+def distill_run(raw: dict, out: Path) -> dict:
+    """Train through the public API; returns load seconds and per-phase wall seconds."""
+    from distill import config_from_dict, train
+    run = train(config_from_dict(raw), output=out, overwrite=True, quiet=True)
+    info = json.loads((run.path / "run.json").read_text())
+    return {"load": info["load_seconds"], "rows": info["rows"]["train"],
+            **{k: v["wall_seconds"] for k, v in info["phases"].items()},
+            **{f"{k}_soft": v.get("soft_label_seconds", 0.0) for k, v in info["phases"].items()}}
+
+
+def throughput(rows: int, tmp: Path) -> list[dict]:
+    a = make_arrays(rows, seed=0)
+    path = tmp / "ctr.parquet"
+    write_parquet(a, path)
+    t = {k: torch.from_numpy(v) for k, v in a.items()}
+    hand = {kind: hand_train(kind, t["cat"], t["num"], t["pcat"], t["pnum"], t["y"], 10_000) for kind in ("student", "teacher", "sync")}
+    alone = distill_run(distill_config(str(path), "none", train={"baseline": True}), tmp / "none")
+    sync = distill_run(distill_config(str(path), "sync"), tmp / "sync")
+    asyn = distill_run(distill_config(str(path), "async"), tmp / "async")
+    n = alone["rows"]
+    d_student = n / (alone["load"] + alone["baseline"])
+    d_sync = n / (sync["load"] + sync["sync"])
+    sync_wall = sync["load"] + sync["sync"]
+    async_wall = asyn["load"] + asyn["teacher"] + asyn["student"]
+    student_phase = n / (asyn["student"] - asyn["student_soft"])
+    return [
+        {"what": "hand loop, student alone (tensors in memory)", "samples_per_s": hand["student"]},
+        {"what": "hand loop, teacher alone (tensors in memory)", "samples_per_s": hand["teacher"]},
+        {"what": "hand loop, sync PFD (tensors in memory)", "samples_per_s": hand["sync"]},
+        {"what": "distill, student alone (Parquet read + encode included)", "samples_per_s": d_student,
+         "ratio": d_student / hand["student"], "goal": ">= 1.0x hand student"},
+        {"what": "distill, sync PFD, shared embeddings (Parquet included)", "samples_per_s": d_sync,
+         "ratio": d_sync / hand["sync"], "goal": ">= 1.5x hand sync"},
+        {"what": "distill, sync wall / async wall (same data, epochs)", "ratio": sync_wall / async_wall, "goal": "<= 0.55"},
+        {"what": "distill, async student phase (cached soft labels) / student alone", "samples_per_s": student_phase,
+         "ratio": student_phase / (n / alone["baseline"]), "goal": ">= 0.95"},
+    ]
+
+
+def write_big_parquet(path: Path, rows: int, chunk: int = 500_000) -> None:
+    """Written in chunks so that making the file never needs it all in memory."""
+    writer = None
+    for start in range(0, rows, chunk):
+        a = make_arrays(min(chunk, rows - start), seed=start)
+        cols = {f"c{i}": a["cat"][:, i] for i in range(N_CAT)} | {f"n{i}": a["num"][:, i] for i in range(N_NUM)}
+        cols |= {f"pc{i}": a["pcat"][:, i] for i in range(4)} | {f"pn{i}": a["pnum"][:, i] for i in range(4)}
+        cols["y"] = a["y"].astype(np.int8)
+        table = pa.table(cols)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=131_072)
+    writer.close()
+
+
+CHILD = """
+import json, resource, sys, time
+from distill import config_from_dict, train
+raw = json.loads(sys.argv[1])
+t0 = time.perf_counter()
+run = train(config_from_dict(raw), output=sys.argv[2], overwrite=True, quiet=True)
+info = json.loads((run.path / "run.json").read_text())
+print(json.dumps({"wall": time.perf_counter() - t0, "phases": {k: v["wall_seconds"] for k, v in info["phases"].items()},
+                  "load": info["load_seconds"], "rows": info["rows"]["train"],
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def child(raw: dict, out: Path) -> dict:
+    p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw), str(out)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    if p.returncode:
+        raise RuntimeError(p.stderr[-2000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def streaming(small: int, large: int, tmp: Path) -> list[dict]:
+    out = []
+    for rows in (small, large):
+        path = tmp / f"stream{rows}.parquet"
+        write_big_parquet(path, rows)
+        valid = tmp / "stream_valid.parquet"
+        if not valid.exists():
+            write_big_parquet(valid, 20_000)
+        raw = distill_config(str(path), "none", data={"streaming": True, "valid": str(valid), "shuffle_buffer": 262_144},
+                             hash_buckets=10_000, train={"baseline": True})
+        r = child(raw, tmp / f"srun{rows}")
+        out.append({"what": f"streaming, student alone, {rows:,} rows", "samples_per_s": rows / r["phases"]["baseline"],
+                    "peak_rss_mb": r["peak_rss_mb"], "fit_pass_s": r["load"]})
+        path.unlink()
+    out.append({"what": f"streaming throughput, {large:,} / {small:,} rows", "ratio": out[1]["samples_per_s"] / out[0]["samples_per_s"],
+                "goal": ">= 0.9 (within 10%)"})
+    return out
+
+
+def large_tables(table_rows: list[int], tmp: Path, steps_rows: int = 40_960) -> list[dict]:
+    """One categorical feature hashed into `n` buckets (the rest as usual): cost per step."""
+    a = make_arrays(steps_rows, seed=1)
+    path = tmp / "tables.parquet"
+    write_parquet(a, path)
+    out = []
+    for n in table_rows:
+        for sparse in (False, True):
+            raw = distill_config(str(path), "none", batch=4096, train={"baseline": True, "sparse_embeddings": sparse})
+            raw["features"][0]["hash_buckets"] = n
+            r = child(raw, tmp / f"t{n}{sparse}")
+            steps = steps_rows // 4096
+            out.append({"what": f"table of {n:,} rows, {'row-wise (sparse)' if sparse else 'dense'} updates",
+                        "ms_per_step": 1000 * r["phases"]["baseline"] / steps, "peak_rss_mb": r["peak_rss_mb"]})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, a minute or two (CI)")
+    ap.add_argument("--rows", type=int, default=500_000)
+    ap.add_argument("--stream-rows", type=int, nargs=2, default=[1_000_000, 4_000_000])
+    ap.add_argument("--table-rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "streaming", "tables"])
+    args = ap.parse_args()
+    if args.quick:
+        args.rows, args.stream_rows, args.table_rows = 40_960, [100_000, 200_000], [10_000, 1_000_000]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if "throughput" not in args.skip:
+            rows += throughput(args.rows, tmp)
+        if "streaming" not in args.skip:
+            rows += streaming(*args.stream_rows, tmp)
+        if "tables" not in args.skip:
+            rows += large_tables(args.table_rows, tmp)
+    for r in rows:
+        print("  ".join(f"{k}={v:,.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    if args.quick:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    keys = ["what", "samples_per_s", "ms_per_step", "peak_rss_mb", "ratio", "goal"]
+    with open(RESULTS / "speed.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: "" if v is None else (f"{v:,.0f}" if isinstance(v, float) and v >= 100 else f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["# Speed and scale", "", f"Machine: {machine()}.", f"Run: `python -m benchmarks.speed --rows {args.rows} "
+             f"--stream-rows {args.stream_rows[0]} {args.stream_rows[1]} --table-rows {' '.join(map(str, args.table_rows))}`, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             "| what | samples/s | ms/step | peak RSS (MB) | ratio | goal |", "|---|---:|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    (RESULTS / "speed.md").write_text("\n".join(lines) + "\n")
+    print(f"written to {RESULTS / 'speed.md'}")
+
+
+if __name__ == "__main__":
+    main()

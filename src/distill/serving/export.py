@@ -1,0 +1,200 @@
+"""Export the student alone: its graph (ONNX or TorchScript) on the encoded serving features, the
+serving encoders, and a manifest. Nothing of the teacher and no privileged feature goes in.
+
+Export directory (written under `<out>.partial` and renamed when complete and leak-checked):
+    model.onnx | model.pt   the student and its output transform (sigmoid / softmax / label scale);
+                            one input per serving feature, named by the feature:
+                            categorical int64 (B,), numeric float32 (B, 2), multi_categorical int64 (B, L)
+    encoders.json           the serving features' encoders and the label encoder (no privileged one)
+    manifest.json           serving schema, task, metrics of the run, versions, sha256 of the files,
+                            the leak check's report
+
+    >>> export("runs/demo", "onnx", "runs/demo/export-onnx")     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.data.batch import Batch
+from distill.data.dataset import Encoders
+from distill.data.encoders import LabelEncoder
+from distill.errors import DistillError
+from distill.run import Run, load_run, versions
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+INPUTS = {"categorical": ("int64", ["batch"]), "numeric": ("float32", ["batch", 2]),
+          "multi_categorical": ("int64", ["batch", "bag"])}
+OPSET = 17
+INPUT_NAMES = "inputs.json"  # inside a TorchScript archive: the positional inputs' names
+
+
+class ServingGraph(nn.Module):
+    """The student plus the transform from logits to what a user reads, taking one tensor per
+    serving feature (positional, in schema order) so that the exported graph's inputs *are* the
+    serving schema."""
+
+    def __init__(self, model: nn.Module, names: list[str], label: LabelEncoder):
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+        self.task = label.task
+        self.mean, self.std = float(label.mean), float(label.std)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        logits = self.model(Batch(dict(zip(self.names, inputs))))
+        if self.task == "binary":
+            return torch.sigmoid(logits)  # (B,)
+        if self.task == "multiclass":
+            return torch.softmax(logits, dim=-1)  # (B, C)
+        return logits * self.std + self.mean  # (B,) on the label's scale
+
+
+def serving_role(run: Run) -> str:
+    """The model that serves: the distilled student, or the baseline of a run without distillation."""
+    return "student" if "student" in run.models else "baseline"
+
+
+def output_names(label: LabelEncoder) -> list[str]:
+    """Column names of a prediction: prob (binary), prob_<class> (multiclass), value (regression)."""
+    if label.task == "binary":
+        return ["prob"]
+    if label.task == "multiclass":
+        return [f"prob_{c}" for c in label.classes]
+    return ["value"]
+
+
+def example_inputs(encoders: Encoders, names: list[str], rows: int = 3, bag: int = 2) -> tuple[torch.Tensor, ...]:
+    """Tensors shaped like an encoded batch, to trace the graph with (values are irrelevant)."""
+    out = []
+    for n in names:
+        kind = encoders.features[n].kind
+        if kind == "numeric":
+            out.append(torch.zeros(rows, 2))
+        elif kind == "categorical":
+            out.append(torch.ones(rows, dtype=torch.int64))
+        else:
+            out.append(torch.ones(rows, bag, dtype=torch.int64))
+    return tuple(out)
+
+
+def write_graph(graph: ServingGraph, example: tuple[torch.Tensor, ...], kinds: list[str], fmt: str, path: Path) -> None:
+    graph.eval()
+    # The tracer warns about Python branches on sizes that are fixed for a model (out_dim, how many
+    # numeric features) and about the TorchScript-based tools being legacy; both are expected here.
+    with warnings.catch_warnings(), torch.no_grad():
+        for category in (torch.jit.TracerWarning, DeprecationWarning, FutureWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            if fmt == "onnx":
+                # The TorchScript-based exporter (dynamo=False): the graph has no data-dependent
+                # control flow, only a dynamic batch and bag length, and it needs no onnxscript.
+                axes = {n: {0: "batch", 1: f"{n}_len"} if k == "multi_categorical" else {0: "batch"}
+                        for n, k in zip(graph.names, kinds)}
+                buf = io.BytesIO()
+                torch.onnx.export(graph, example, buf, dynamo=False, input_names=graph.names, output_names=["output"],
+                                  dynamic_axes={**axes, "output": {0: "batch"}}, opset_version=OPSET)
+                path.write_bytes(buf.getvalue())
+            else:
+                # TorchScript keeps no argument names, so the archive carries them, in order
+                names = json.dumps(graph.names).encode()
+                torch.jit.save(torch.jit.trace(graph, example), str(path), _extra_files={INPUT_NAMES: names})
+        except Exception as e:  # a user's own model may use an op the exporter does not know
+            raise DistillError(f"cannot export the student to {fmt}: {str(e).strip().splitlines()[0]}") from None
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = None, overwrite: bool = True,
+           check: bool = True) -> Path:
+    """Export the run's serving model to `out` (default `<run>/export-<fmt>`); returns the directory.
+
+    With `check` (the default) the leak check runs on the written files before they are published;
+    a failure raises DistillError and leaves nothing behind.
+    """
+    if fmt not in FORMATS:
+        raise DistillError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    run = run if isinstance(run, Run) else load_run(run)
+    role = serving_role(run)
+    if role not in run.models:
+        raise DistillError(f"{run.path}: the run holds no student or baseline checkpoint to export")
+    out = Path(out) if out is not None else run.path / f"export-{fmt}"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DistillError(f"{out}: exists; choose another --out")
+    names = run.features[role]
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        serving_encoders = Encoders({n: run.encoders.features[n] for n in names}, run.encoders.label)
+        serving_encoders.save(partial / "encoders.json")
+        graph = ServingGraph(run.models[role], names, run.encoders.label)
+        kinds = [run.encoders.features[n].kind for n in names]
+        write_graph(graph, example_inputs(run.encoders, names), kinds, fmt, partial / FORMATS[fmt])
+        manifest = _manifest(run, role, names, fmt, partial)
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if check:
+            from distill.serving.leakcheck import leak_check
+            report = leak_check(run, partial)
+            if not report.passed:
+                raise DistillError(f"leak check failed, nothing exported: {report.failure}")
+            manifest["leak_check"] = report.to_dict()
+            (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out
+
+
+def _manifest(run: Run, role: str, names: list[str], fmt: str, d: Path) -> dict[str, Any]:
+    # privileged ones too: a model that reads one must reach the leak check, which refuses it
+    by_name = {f["name"]: f for f in run.schema["serving"] + run.schema["privileged"]}
+    serving = []
+    for n in names:
+        dtype, shape = INPUTS[by_name[n]["type"]]
+        serving.append({**by_name[n], "input": {"dtype": dtype, "shape": shape}})
+    model = run.models[role]
+    vers = versions()
+    if fmt == "onnx":
+        import onnx
+        import onnxruntime
+        vers.update(onnx=onnx.__version__, onnxruntime=onnxruntime.__version__)
+    checkpoint = run.path / f"{role}.safetensors"
+    return {
+        "format": fmt,
+        "file": FORMATS[fmt],
+        "role": role,
+        "model": run.config.student.model,
+        "task": run.schema["task"],
+        "classes": run.encoders.label.classes,
+        "outputs": output_names(run.encoders.label),
+        "serving": serving,
+        # names only, so the service can say "privileged" rather than "unknown" when one is sent
+        "privileged": [f["name"] for f in run.schema["privileged"]],
+        "parameters": sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()),
+        "metrics": run.metrics,
+        "versions": vers,
+        "sha256": {FORMATS[fmt]: sha256(d / FORMATS[fmt]), "encoders.json": sha256(d / "encoders.json"),
+                   f"source:{checkpoint.name}": sha256(checkpoint) if checkpoint.is_file() else None},
+        "source_run": str(run.path.resolve()),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

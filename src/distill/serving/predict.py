@@ -1,0 +1,120 @@
+"""Batch scoring: Parquet or CSV in, Parquet out, streamed in chunks so the input may be larger
+than memory. Only the serving columns (and `keep` columns) are read; the output appears whole or
+not at all.
+
+    >>> score("runs/demo/export-onnx", "impressions.parquet", "scores.parquet", keep=["user_id"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from distill.data.io import file_format, resolve_files
+from distill.errors import DistillError
+from distill.serving.exported import ROW_TYPES, ExportedModel
+
+CSV_BLOCK_BYTES = 16 << 20
+
+
+@dataclass
+class ScoreSummary:
+    rows: int = 0
+    chunks: int = 0
+    ignored: list[str] = field(default_factory=list)  # input columns the student does not read
+    ignored_privileged: list[str] = field(default_factory=list)
+
+
+def _columns_of(path: Path, kind: str) -> list[str]:
+    if kind == "parquet":
+        return pq.ParquetFile(path).schema_arrow.names
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16),
+                            parse_options=_csv_parse(path))
+    names = reader.schema.names
+    reader.close()
+    return names
+
+
+def _csv_parse(path: Path) -> pacsv.ParseOptions:
+    return pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def iter_chunks(path: Path, kind: str, columns: list[str], types: dict[str, pa.DataType],
+                chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """Record batches of `columns` from one file, never the whole file at once."""
+    if kind == "parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
+        return
+    # Serving columns get fixed types: a CSV's type inference looks at the first block only, and
+    # a category column that turns from numbers to strings later on would otherwise fail mid-file.
+    reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                            parse_options=_csv_parse(path),
+                            convert_options=pacsv.ConvertOptions(include_columns=columns, column_types=types))
+    for batch in reader:
+        for start in range(0, batch.num_rows, chunk_rows):
+            yield batch.slice(start, chunk_rows)
+
+
+def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[str] | None = None,
+          chunk_rows: int = 65_536, fmt: str = "auto", on_ignored: Callable[[ScoreSummary], None] | None = None) -> ScoreSummary:
+    """Predict every row of `data` (a file, directory or glob) and write `out` (Parquet): the `keep`
+    columns, then prob | prob_<class>... | value."""
+    keep = list(keep or [])
+    out = Path(out)
+    files = resolve_files(str(data))
+    summary = ScoreSummary()
+    tmp = out.with_name(out.name + ".partial")
+    writer: pq.ParquetWriter | None = None
+    try:
+        for path in files:
+            kind = file_format(path, fmt)
+            try:
+                have = _columns_of(path, kind)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
+            for c in model.names + keep:
+                if c not in have:
+                    what = "serving feature" if c in model.names else "--keep column"
+                    raise DistillError(f"{path}: missing {what} '{c}'")
+            if not summary.chunks and not summary.ignored:
+                summary.ignored = [c for c in have if c not in model.names and c not in keep]
+                summary.ignored_privileged = [c for c in summary.ignored if c in model.privileged]
+                if summary.ignored and on_ignored:
+                    on_ignored(summary)  # said once, not once per chunk
+            columns = list(dict.fromkeys(model.names + keep))
+            # (a kept column keeps the type the file gives it, even when the student reads it too)
+            types = {n: (pa.string() if model.kinds[n] != "numeric" else ROW_TYPES["numeric"])
+                     for n in model.names if n not in keep}
+            try:
+                for batch in iter_chunks(path, kind, columns, types, chunk_rows):
+                    table = pa.Table.from_batches([batch])
+                    cols = {k: table.column(k) for k in keep}
+                    if table.num_rows:
+                        pred = model.predict(table, where=str(path))
+                        cols.update({k: pa.array(v) for k, v in model.columns(pred).items()})
+                    else:
+                        cols.update({k: pa.array([], pa.float32()) for k in model.outputs})
+                    chunk = pa.table(cols)
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, chunk.schema)
+                    writer.write_table(chunk.cast(writer.schema))
+                    summary.rows += chunk.num_rows
+                    summary.chunks += 1
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise DistillError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+        if writer is None:
+            raise DistillError(f"{data}: no rows to score")
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    return summary
