@@ -32,27 +32,28 @@ def variants(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
     """(group, name, dotted overrides of the demo config). "checkpoint" marks async runs that reuse the
     async variant's saved teacher (student phase only)."""
     v = [
-        ("what is distilled", "PFD+MD (demo: dcn_v2 teacher + privileged)", {}),
+        ("what is distilled", "PFD+MD (dcn_v2 teacher + privileged)", {}),
         ("what is distilled", "MD (dcn_v2 teacher, serving features only)", {"teacher.features": "serving"}),
         ("what is distilled", "PFD (two_tower teacher + privileged)", {"teacher": TWO_TOWER_TEACHER}),
         ("what is distilled", "LUPI (teacher on privileged features only)", {"teacher.features": "privileged"}),
-        ("mode", "sync (demo)", {}),
+        ("mode", "sync", {"distillation.mode": "sync"}),
         ("mode", "async (teacher first, then frozen)", {"distillation.mode": "async", "distillation.share_embeddings": False}),
         ("mode", "offline (teacher score as a column)", {"offline": True}),
         ("λ schedule", "constant", {"distillation.schedule": {"type": "constant", "steps": 0}}),
         ("λ schedule", "delayed k = 100", {"distillation.schedule": {"type": "delayed", "steps": 100}}),
-        ("λ schedule", "linear k = 100 (demo)", {}),
+        ("λ schedule", "linear k = 100", {"distillation.schedule": {"type": "linear", "steps": 100}}),
         ("λ schedule", "cosine k = 100", {"distillation.schedule": {"type": "cosine", "steps": 100}}),
         ("embeddings (sync)", "separate (share nothing)", {"distillation.share_embeddings": False}),
-        ("embeddings (sync)", "share all", {"distillation.separate_embeddings": []}),
-        ("embeddings (sync)", "share all but user_id (demo)", {}),
+        ("embeddings (sync)", "share all", {"distillation.share_embeddings": True, "distillation.separate_embeddings": []}),
+        ("embeddings (sync)", "share all but user_id", {"distillation.share_embeddings": True,
+                                                         "distillation.separate_embeddings": ["user_id"]}),
     ]
     lams = (0.2, 0.8) if quick else (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
     v += [("λ (async, saved teacher)", f"λ = {lam}", {"checkpoint": True, "distillation.weight": lam}) for lam in lams]
     ts = (4,) if quick else (1, 2, 4, 8)
-    v += [("T (async, saved teacher, λ = 0.5)", f"T = {t}", {"checkpoint": True, "distillation.temperature": float(t)}) for t in ts]
+    v += [("T (async, saved teacher, the demo's λ)", f"T = {t}", {"checkpoint": True, "distillation.temperature": float(t)}) for t in ts]
     if quick:
-        keep = {"PFD+MD (demo: dcn_v2 teacher + privileged)", "MD (dcn_v2 teacher, serving features only)",
+        keep = {"PFD+MD (dcn_v2 teacher + privileged)", "MD (dcn_v2 teacher, serving features only)",
                 "async (teacher first, then frozen)", "offline (teacher score as a column)", "constant"}
         v = [x for x in v if x[1] in keep or x[0].startswith(("λ (", "T ("))]
     return v
@@ -85,13 +86,20 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         for seed in range(seeds):
             done: dict[str, dict[str, Any]] = {}  # identical configs are trained once per seed
             async_run = None
+            demo_cfg = make_config(raw, {}, seed, baseline=False).model_dump(mode="json")
             for group, name, over in variants(quick):
-                key = json.dumps(over, sort_keys=True)
+                first = not rows or all(r["seed"] != seed for r in rows)
+                cfg = make_config(raw, over, seed, baseline=first)
+                resolved = cfg.model_dump(mode="json")
+                resolved["train"]["baseline"] = False
+                special = {k: over[k] for k in ("checkpoint", "offline") if k in over}
+                if not special and resolved == demo_cfg:
+                    name += " (demo)"
+                # identical runs (the demo config appears in several groups) are trained once per seed
+                key = json.dumps([resolved, special], sort_keys=True)
                 if key in done:
                     rows.append({**done[key], "group": group, "variant": name})
                     continue
-                first = not rows or all(r["seed"] != seed for r in rows)
-                cfg = make_config(raw, over, seed, baseline=first)
                 if over.get("checkpoint"):
                     cfg = make_config(raw, {**over, "distillation.mode": "async", "distillation.share_embeddings": False,
                                             "distillation.teacher_checkpoint": str(async_run.path)}, seed, False)
@@ -116,7 +124,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 rows.append(row)
             # rewritten after every seed: a run stopped early leaves complete tables for the seeds it finished
             summary = {"seeds": seed + 1, "planned_seeds": seeds, "rows": rows, "quick": quick,
-                       "seconds": total.elapsed(), "demo": demo_version()}
+                       "seconds": total.elapsed(), "demo": demo_version(), "demo_note": describe(raw),
+                       "rows_note": ", ".join(f"{len(getattr(splits, k)):,} {k}" for k in ("train", "valid", "test"))}
             common.write_results(out, NAME, markdown(summary), rows, figure(summary))
             print(f"{NAME}: seed {seed + 1}/{seeds} done ({total.elapsed():.0f} s)", flush=True)
     return summary
@@ -146,6 +155,18 @@ def offline_run(raw: dict[str, Any], async_run, splits, cfg_path: Path, seed: in
     return r
 
 
+def describe(raw: dict[str, Any]) -> str:
+    t, st, d, tr = raw["teacher"], raw["student"], raw["distillation"], raw["train"]
+    priv = ", ".join(f"`{f['name']}`" for f in raw["features"] if f.get("privileged"))
+    sched = d.get("schedule") or {"type": "constant"}
+    share = ("embeddings shared" + (f" except {', '.join(d.get('separate_embeddings') or [])}" if d.get("separate_embeddings") else "")
+             if d.get("share_embeddings") else "no shared embeddings")
+    return (f"a `{t['model']}` teacher {t.get('hidden')} reading the serving features plus {priv}, a `{st['model']}` student, "
+            f"mode {d.get('mode', 'sync')}, λ = {d.get('weight', 0.5)} ({sched['type']} schedule"
+            f"{', k = ' + str(sched.get('steps')) if sched.get('steps') else ''}), T = {d.get('temperature', 1.0)}, {share}, "
+            f"{tr['epochs']} epochs of batches of {tr['batch_size']} at lr {tr['lr']}, early stopping on validation AUC")
+
+
 def demo_version() -> str:
     import subprocess
     try:
@@ -167,8 +188,8 @@ def check(summary: dict[str, Any]) -> list[str]:
     Not "PFD+MD beats the student alone": the full run finds no reliable gain on this log (see the results)."""
     rows = summary["rows"]
     base = _vals(rows, "student alone (two_tower, serving features)", "student_auc").mean()
-    pfd = _vals(rows, "PFD+MD (demo: dcn_v2 teacher + privileged)", "student_auc").mean()
-    teacher = _vals(rows, "PFD+MD (demo: dcn_v2 teacher + privileged)", "teacher_auc").mean()
+    pfd = _vals(rows, "PFD+MD (dcn_v2 teacher + privileged) (demo)", "student_auc").mean()
+    teacher = _vals(rows, "PFD+MD (dcn_v2 teacher + privileged) (demo)", "teacher_auc").mean()
     a = _vals(rows, "async (teacher first, then frozen)", "student_auc").mean()
     o = _vals(rows, "offline (teacher score as a column)", "student_auc").mean()
     problems = []
@@ -205,12 +226,11 @@ def markdown(s: dict[str, Any]) -> str:
                       "–" if np.isnan(t).all() else common.pm(t, digits=4), closed, f"{_vals(rows, v, 'train_seconds').mean():.1f}"])
     return f"""# Ablation on the demo's e-commerce impression log
 
-Command: `python -m benchmarks.demo_ablation`. Data and starting config: `distill.demo.write_demo_data` (60,000 training,
-20,000 validation, 40,000 test impressions; demo.py at `{s['demo']}`). The demo config is PFD+MD: a `dcn_v2` teacher
-reading the serving features plus two privileged ones (`user_cat_clicks_24h`, `viewport_seconds`), a `two_tower`
-student, mode sync, λ = 0.5 on a linear ramp over 100 steps, T = 1, embeddings shared except `user_id`, 4 epochs,
-early stopping on validation AUC. Each row changes one thing. Test AUC and GAUC (per user) of the student, mean ± std
-over {s['seeds']} seed(s){'' if s['seeds'] == s['planned_seeds'] else f" (**reduced: {s['seeds']} of {s['planned_seeds']} planned seeds finished in the time available**)"}; gain = student − student alone, paired by seed; gap closed = gain / (teacher − student alone).
+Command: `python -m benchmarks.demo_ablation`. Data and starting config: `distill.demo.write_demo_data`
+({s['rows_note']}; demo.py at `{s['demo']}`). The demo config: {s['demo_note']}. Each row changes one thing;
+"(demo)" marks the demo config itself (one run, listed in each group it belongs to). Test AUC and GAUC (per user) of
+the student, mean ± std over {s['seeds']} seed(s){'' if s['seeds'] == s['planned_seeds'] else f" (**reduced: {s['seeds']} of {s['planned_seeds']} planned seeds finished in the time available**)"};
+gain = student − student alone, paired by seed; gap closed = gain / (teacher − student alone).
 
 {common.md_table(['group', 'variant', 'student AUC', 'gain', 'student GAUC', 'teacher AUC', 'gap closed', 'train seconds'], table)}
 Notes:
@@ -219,10 +239,9 @@ Notes:
   student phase only; offline adds the async teacher's training time to its student's (the teacher is trained elsewhere).
 - **MD**: the same `dcn_v2` teacher without the privileged features (`teacher.features: serving`). **PFD**: a teacher of the
   student's own architecture (`two_tower`, privileged features in its item tower). **LUPI**: the `dcn_v2` teacher on the
-  privileged features only (`teacher.features: privileged`). All sync with the demo's sharing (tables the teacher lacks are not shared).
+  privileged features only (`teacher.features: privileged`). All in the demo's mode with its sharing setting.
 - **async / offline** share nothing (sharing needs both models in one loop). Offline: the async teacher's probability on
   the training log is written as a column and read back with `distillation.soft_label`.
-- Rows marked "(demo)" are the demo config itself: the same run, listed in each group it belongs to.
 
 Wall time: {s['seconds']:.0f} s in all. {common.environment_note()}
 
