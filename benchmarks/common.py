@@ -1,0 +1,223 @@
+"""What every benchmark shares: the command line, building distill inputs from arrays, mean ± std,
+and writing results (Markdown + CSV + PNG) whole or not at all.
+
+Every benchmark is `python -m benchmarks.NAME [--quick] [--out DIR]`. The full run writes
+`benchmarks/results/NAME.{md,csv,png}` (committed); `--quick` is a small version for CI that checks the
+direction of the effect, not the figures, and writes under `benchmarks/results/quick/` (ignored by git).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@dataclass
+class Args:
+    quick: bool
+    out: Path
+
+
+def parse_args(name: str, description: str, argv: Sequence[str] | None = None) -> Args:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=description)
+    p.add_argument("--quick", action="store_true", help="a small run for CI: checks the direction of the effect only")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default: benchmarks/results, "
+                   "or benchmarks/results/quick with --quick)")
+    a = p.parse_args(argv)
+    return Args(a.quick, a.out or (RESULTS / "quick" if a.quick else RESULTS))
+
+
+def setup_torch() -> None:
+    """One thread: the benchmarks must share a small machine, and tiny models gain nothing from more."""
+    import torch
+    torch.set_num_threads(1)
+
+
+def main(name: str, description: str, run: Callable[[bool, Path], dict[str, Any]],
+         check: Callable[[dict[str, Any]], list[str]], argv: Sequence[str] | None = None) -> int:
+    """Run a benchmark; with --quick, fail (exit 1) when `check` finds the effect going the wrong way."""
+    args = parse_args(name, description, argv)
+    setup_torch()
+    t0 = time.perf_counter()
+    try:
+        summary = run(args.quick, args.out)
+    except RuntimeError as e:
+        if "could not download" not in str(e):
+            raise
+        print(f"{name}: {e}", file=sys.stderr)  # offline: one line that says what is missing, no traceback
+        return 2
+    print(f"{name}: done in {time.perf_counter() - t0:.0f} s; results in {args.out}", file=sys.stderr)
+    if args.quick:
+        problems = check(summary)
+        for p in problems:
+            print(f"{name} --quick: FAILED: {p}", file=sys.stderr)
+        return 1 if problems else 0
+    return 0
+
+
+# ----------------------------------------------------------------------------- distill inputs
+
+
+def numeric_table(blocks: dict[str, np.ndarray], label: np.ndarray, label_name: str = "y") -> pa.Table:
+    """Columns `{prefix}{j}` for each (N, d) block, plus the label: one numeric column per input."""
+    cols: dict[str, Any] = {}
+    for prefix, x in blocks.items():
+        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        for j in range(x.shape[1]):
+            cols[f"{prefix}{j}"] = x[:, j]
+    cols[label_name] = np.asarray(label)
+    return pa.table(cols)
+
+
+def numeric_features(prefix: str, d: int, privileged: bool = False) -> list[dict[str, Any]]:
+    return [{"name": f"{prefix}{j}", "type": "numeric", "privileged": privileged} for j in range(d)]
+
+
+def encode_splits(cfg, train: pa.Table, valid: pa.Table | None = None, test: pa.Table | None = None):
+    """distill's own encoders fitted on `train` (as `distill train` would), applied to every split.
+
+    Passing the result as `distill.train(cfg, splits=...)` skips the Parquet round trip only; the
+    encoders, models, losses and loops are the library's.
+    """
+    from distill.data.dataset import Encoders, Splits
+    enc = Encoders.fit(cfg, train, "train")
+    return Splits(enc, enc.encode(cfg, train, "train"),
+                  None if valid is None else enc.encode(cfg, valid, "valid"),
+                  None if test is None else enc.encode(cfg, test, "test"))
+
+
+def write_parquet_splits(directory: Path, tables: dict[str, pa.Table]) -> dict[str, str]:
+    import pyarrow.parquet as pq
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, t in tables.items():
+        pq.write_table(t, directory / f"{split}.parquet")
+        paths[split] = str(directory / f"{split}.parquet")
+    return paths
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for one value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def pm(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
+    m, s = mean_std(values)
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+class Stopwatch:
+    """`with Stopwatch() as w: ...; w.seconds`"""
+
+    def __enter__(self) -> "Stopwatch":
+        self.t0 = time.perf_counter()
+        self.seconds = math.nan
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+# ----------------------------------------------------------------------------- writing results
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def code_version() -> str:
+    """The git commit the benchmark ran from (`+` when the working tree had uncommitted changes)."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src", "benchmarks/*.py"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+CODE_VERSION = code_version()  # taken at start: the code that ran, even if the tree changes meanwhile
+
+
+def environment_note() -> str:
+    import platform
+
+    import torch
+
+    import distill
+    return (f"Code: commit {CODE_VERSION}; distill {distill.__version__}, torch {torch.__version__}, Python "
+            f"{platform.python_version()}, {torch.get_num_threads()} CPU thread(s) on a shared 2-core machine; "
+            f"finished {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(out: Path, name: str, markdown: str, rows: list[dict[str, Any]], figure=None) -> list[Path]:
+    """Write `name.md`, `name.csv` (one row per measurement) and `name.png` (if a figure is given)."""
+    paths = []
+    _atomic_write(out / f"{name}.md", markdown.encode())
+    paths.append(out / f"{name}.md")
+    if rows:
+        fields: list[str] = []
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        _atomic_write(out / f"{name}.csv", buf.getvalue().encode())
+        paths.append(out / f"{name}.csv")
+    if figure is not None:
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        _atomic_write(out / f"{name}.png", buf.getvalue())
+        paths.append(out / f"{name}.png")
+        import matplotlib.pyplot as plt
+        plt.close(figure)
+    return paths
+
+
+def pyplot():
+    """matplotlib with a non-interactive backend (benchmarks run headless)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
