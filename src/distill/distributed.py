@@ -230,7 +230,7 @@ class ShardedLoader:
         self.world = world() if world_ is None else world_
         if self.num_rows < self.world:
             raise DistillError(f"the training split has {self.num_rows} rows, fewer than the {self.world} processes")
-        self._drawn = 0
+        self._drawn = [0]  # a list: narrowed() copies share the count
         # Test hook for the failure test (tests/test_distributed.py): DISTILL_TEST_EXIT="r:k" makes
         # rank r exit abruptly when it draws its k-th batch, as a crashed or killed worker would.
         spec = os.environ.get("DISTILL_TEST_EXIT", "")
@@ -239,10 +239,15 @@ class ShardedLoader:
     def __len__(self) -> int:
         return len(self.inner)
 
+    def narrowed(self, names: list[str]) -> "ShardedLoader":
+        other = ShardedLoader(self.inner.narrowed(names), self.rank, self.world)
+        other._drawn, other._exit_at = self._drawn, self._exit_at
+        return other
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         for batch in self.inner.epoch(epoch, start):
-            self._drawn += 1
-            if self._exit_at is not None and self._drawn >= self._exit_at:
+            self._drawn[0] += 1
+            if self._exit_at is not None and self._drawn[0] >= self._exit_at:
                 os._exit(3)
             lo, hi = shard_range(len(batch), self.rank, self.world)
             yield _rows_of(batch, lo, hi) if hi > lo else _weightless(_rows_of(batch, 0, 1))

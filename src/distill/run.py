@@ -167,20 +167,23 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                 ckpt.finish(name, summary)
 
         if mode == "sync":
+            both = list(dict.fromkeys(features["teacher"] + features["student"]))
             phase("sync", train_sync, cfg, models["teacher"], models["student"], features["teacher"],
-                  features["student"], loader, valid, label, log)
+                  features["student"], loader.narrowed(both), valid, label, log)
         elif mode == "async":
             if teacher_run is None:
                 log.info("async: training the teacher")
-                phase("teacher", train_single, cfg, models["teacher"], features["teacher"], loader, valid, label, log, "teacher")
+                phase("teacher", train_single, cfg, models["teacher"], features["teacher"], loader.narrowed(features["teacher"]),
+                      valid, label, log, "teacher")
             phase("student", train_async_student, cfg, models["teacher"], models["student"], features["teacher"],
                   features["student"], loader, valid, label, log)
         elif mode == "offline":
-            phase("student", train_single, cfg, models["student"], features["student"], loader, valid, label, log,
-                  "student", soft=lambda batch: batch.soft)
+            phase("student", train_single, cfg, models["student"], features["student"], loader.narrowed(features["student"]),
+                  valid, label, log, "student", soft=lambda batch: batch.soft)
         if "baseline" in models:
             log.info("training the baseline: the same student without distillation")
-            phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader, valid, label, log, "baseline")
+            phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader.narrowed(features["baseline"]),
+                  valid, label, log, "baseline")
         info["phases"] = ckpt.completed
         info["train_seconds"] = sum(v["wall_seconds"] for k, v in ckpt.completed.items() if k != "baseline")
         if "baseline" in ckpt.completed:

@@ -56,19 +56,21 @@ class Encoded:
     def __len__(self) -> int:
         return len(next(iter(self.features.values())))
 
-    def batch(self, idx: torch.Tensor, offset: int = 0) -> Batch:
-        """Rows `idx`; `offset` turns chunk positions into row numbers of the whole split."""
+    def batch(self, idx: torch.Tensor, offset: int = 0, names: list[str] | None = None) -> Batch:
+        """Rows `idx` of the features `names` (default all); `offset` turns chunk positions into
+        row numbers of the whole split. Gathering only what a model reads keeps a step's cost
+        independent of how many other columns the split holds."""
         return Batch(
-            {n: t[idx] for n, t in self.features.items()},
+            {n: self.features[n][idx] for n in (self.features if names is None else names)},
             None if self.y is None else self.y[idx],
             None if self.weight is None else self.weight[idx],
             idx + offset if offset else idx,
             None if self.soft is None else self.soft[idx],
         )
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None):
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, names: list[str] | None = None):
         """Yield batches in `order` (a permutation) or in row order."""
         n = len(self)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size] if order is not None else torch.arange(start, min(n, start + batch_size))
-            yield self.batch(idx)
+            yield self.batch(idx, names=names)

@@ -5,6 +5,7 @@ process, so a run resumed from a checkpoint sees exactly the batches an uninterr
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterator
 
@@ -18,6 +19,13 @@ class InMemoryLoader:
 
     def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True):
         self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
+        self.features: list[str] | None = None  # gather only these (None: all)
+
+    def narrowed(self, names: list[str]) -> "InMemoryLoader":
+        """The same batches carrying only the features `names` (what one phase's models read)."""
+        other = copy.copy(self)
+        other.features = list(names)
+        return other
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
@@ -28,7 +36,7 @@ class InMemoryLoader:
 
     def ordered(self, batch_size: int = 8192) -> Iterator[Batch]:
         """Every row once, in file order (for inference, e.g. caching a teacher's logits)."""
-        return self.data.batches(batch_size)
+        return self.data.batches(batch_size, names=self.features)
 
     def order(self, epoch: int) -> torch.Tensor:
         n = len(self.data)
@@ -40,4 +48,4 @@ class InMemoryLoader:
         """The batches of `epoch`, from batch number `start` on."""
         order = self.order(epoch)
         for b in range(start, len(self)):
-            yield self.data.batch(order[b * self.batch_size:(b + 1) * self.batch_size])
+            yield self.data.batch(order[b * self.batch_size:(b + 1) * self.batch_size], names=self.features)

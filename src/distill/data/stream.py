@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -151,15 +152,27 @@ class StreamingLoader:
         self.buffer_rows, self.prefetch = cfg.data.shuffle_buffer, cfg.data.prefetch
         self.units = parquet_units(cfg.data.train, cfg.data.format)
         self.num_rows = sum(u.rows for u in self.units)
-        extra = [c for c in (cfg.task.weight, soft_label) if c]
-        self.columns = [f.name for f in cfg.features] + [cfg.task.label] + extra
+        self.features: list[str] | None = None  # encode only these (None: all)
+        self.columns = self._columns()
+
+    def _columns(self) -> list[str]:
+        names = self.features if self.features is not None else [f.name for f in self.cfg.features]
+        return names + [self.cfg.task.label] + [c for c in (self.cfg.task.weight, self.soft_label) if c]
+
+    def narrowed(self, names: list[str]) -> "StreamingLoader":
+        """The same batches, reading and encoding only the features `names`."""
+        other = copy.copy(self)
+        other.features = list(names)
+        other.columns = other._columns()
+        return other
 
     def __len__(self) -> int:
         return math.ceil(self.num_rows / self.batch_size)
 
     def _encode(self, unit: Unit) -> tuple[Encoded, torch.Tensor]:
         table = read_unit(unit, self.columns)
-        enc = self.encoders.encode(self.cfg, table, f"{unit.path} (row group {unit.group})", soft_label=self.soft_label)
+        enc = self.encoders.encode(self.cfg, table, f"{unit.path} (row group {unit.group})", features=self.features,
+                                   soft_label=self.soft_label)
         return enc, torch.arange(unit.offset, unit.offset + unit.rows)
 
     def _chunks(self, units: list[Unit]) -> Iterator[tuple[Encoded, torch.Tensor]]:

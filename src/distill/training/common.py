@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Iterable
 
@@ -40,7 +41,9 @@ def unique_parameters(*models: nn.Module) -> list[nn.Parameter]:
 def make_optimizer(cfg: Config, params: list[nn.Parameter], models: tuple[nn.Module, ...] = ()) -> "torch.optim.Optimizer | Optimizers":
     """The configured optimizer; with train.sparse_embeddings, SparseAdam for the sparse tables of
     `models` and the configured one for everything else."""
-    make = OPTIMIZERS[cfg.train.optimizer]
+    kind = OPTIMIZERS[cfg.train.optimizer]
+    # Adam's fused kernel updates every tensor in one pass: a few % faster per step on CPU
+    make = functools.partial(kind, fused=True) if cfg.train.optimizer in ("adam", "adamw") else kind
     sparse_ids = {id(m.weight) for model in models for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
     if not sparse_ids:
         return make(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
