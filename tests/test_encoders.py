@@ -104,3 +104,17 @@ def test_encoders_round_trip_through_json(raw_config, tmp_path):
     a, b = enc.encode(cfg, table, "t"), again.encode(cfg, table, "t")
     for name in a.features:
         assert np.array_equal(a.features[name].numpy(), b.features[name].numpy())
+
+
+def test_integer_columns_encode_like_their_string_form():
+    """Integers take a fast path (no string casting); the codes must equal the string path's."""
+    spec = FeatureConfig(name="c", type="categorical")
+    ints = FeatureEncoder.fit(spec, col([5, -3, 12, 5, None]), "t")
+    strs = FeatureEncoder.fit(spec, col(["5", "-3", "12", "5", None]), "t")
+    assert ints.index.vocab == strs.index.vocab == ["-3", "12", "5"]
+    probe_ints = col([12, -3, 99, None, 5])
+    probe_strs = col(["12", "-3", "99", None, "5"])
+    assert list(ints.encode(probe_ints, "t")[0]) == list(strs.encode(probe_strs, "t")[0]) == [3, 2, OOV, OOV, 4]
+    assert list(strs.encode(probe_ints, "t")[0]) == list(ints.encode(probe_strs, "t")[0])  # files may disagree on type
+    hashed = FeatureEncoder.fit(FeatureConfig(name="h", type="categorical", hash_buckets=7), col([1]), "t")
+    assert list(hashed.encode(col([41, 7]), "t")[0]) == list(hashed.encode(col(["41", "7"]), "t")[0])

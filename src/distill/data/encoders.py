@@ -23,7 +23,11 @@ from distill.errors import DistillError
 PAD, OOV, FIRST = 0, 1, 2
 
 
-def _as_strings(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+def _categories(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    """A categorical column as int64 (integers, and floats holding whole numbers) or as strings.
+
+    Integers stay integers: casting millions of them to strings was most of the encoding time.
+    Either way a category's identity is its string form ("3"), which the vocabulary stores."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if pa.types.is_floating(col.type):
@@ -31,10 +35,16 @@ def _as_strings(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
         as_int = pc.cast(col, pa.int64(), safe=False)
         if pc.all(pc.or_kleene(pc.equal(pc.cast(as_int, col.type), col), pc.is_null(col))).as_py() in (True, None):
             col = as_int
+    if pa.types.is_integer(col.type):
+        return pc.cast(col, pa.int64())
     try:
         return pc.cast(col, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise DistillError(f"{where}: column '{name}' of type {col.type} cannot be read as categories") from None
+
+
+def _as_strings(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    return pc.cast(_categories(col, name, where), pa.string())
 
 
 def _stable_hash(values: list[str | None], buckets: int) -> np.ndarray:
@@ -54,23 +64,37 @@ class CategoryIndex:
         return FIRST + (self.hash_buckets if self.hash_buckets else len(self.vocab or []))
 
     def fit(self, values: pa.ChunkedArray, min_count: int) -> "CategoryIndex":
+        self._ints = None
         if self.hash_buckets is None:
             counts = pc.value_counts(values.drop_null() if values.null_count else values)
             vals, cnts = counts.field("values"), counts.field("counts")
             keep = pc.filter(vals, pc.greater_equal(cnts, min_count))
-            self.vocab = sorted(v for v in keep.to_pylist() if v is not None)
+            self.vocab = sorted(str(v) for v in keep.to_pylist() if v is not None)
         return self
+
+    def _int_lookup(self) -> tuple[pa.Array, np.ndarray]:
+        """The vocabulary entries that are integers (as int64) and their positions in it."""
+        cached = getattr(self, "_ints", None)
+        if cached is None:
+            pos = [i for i, v in enumerate(self.vocab or []) if v.lstrip("-").isdigit() and str(int(v)) == v]
+            cached = (pa.array([int(self.vocab[i]) for i in pos], pa.int64()), np.asarray(pos, dtype=np.int64))
+            self._ints = cached
+        return cached
 
     def encode(self, values: pa.ChunkedArray | pa.Array) -> np.ndarray:
         if self.hash_buckets:
             enc = pc.dictionary_encode(values)
             enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
-            lut = _stable_hash(enc.dictionary.to_pylist(), self.hash_buckets)
+            lut = _stable_hash([None if v is None else str(v) for v in enc.dictionary.to_pylist()], self.hash_buckets)
             idx = enc.indices.to_numpy(zero_copy_only=False)
             out = np.full(len(enc), OOV, dtype=np.int64)
             valid = ~np.asarray(enc.indices.is_null())
             out[valid] = lut[idx[valid].astype(np.int64)]
             return out
+        if pa.types.is_integer(values.type):
+            ints, positions = self._int_lookup()
+            pos = np.asarray(pc.fill_null(pc.index_in(values, value_set=ints), -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            return np.where(pos >= 0, positions[np.maximum(pos, 0)] if len(positions) else 0, -1) + FIRST
         pos = pc.index_in(values, value_set=pa.array(self.vocab or [], pa.string()))
         return np.asarray(pc.fill_null(pos, -1).to_numpy(zero_copy_only=False), dtype=np.int64) + FIRST
 
@@ -97,7 +121,7 @@ class FeatureEncoder:
                 enc.mean = float(finite.mean())
                 enc.std = float(finite.std()) or 1.0
         elif spec.type == "categorical":
-            enc.index = CategoryIndex(hash_buckets=spec.hash_buckets).fit(_as_strings(col, spec.name, where), spec.min_count)
+            enc.index = CategoryIndex(hash_buckets=spec.hash_buckets).fit(_categories(col, spec.name, where), spec.min_count)
         else:
             flat = pc.list_flatten(_bags(col, spec.name, where, spec.separator))
             enc.index = CategoryIndex(hash_buckets=spec.hash_buckets).fit(flat, spec.min_count)
@@ -116,8 +140,8 @@ class FeatureEncoder:
             return np.stack([value, missing], axis=1).astype(np.float32), int(missing.sum())  # (N, 2)
         assert self.index is not None
         if self.kind == "categorical":
-            strings = _as_strings(col, self.name, where)
-            return self.index.encode(strings), strings.null_count
+            values = _categories(col, self.name, where)
+            return self.index.encode(values), values.null_count
         bags = pa.chunked_array(_bags(col, self.name, where, self.separator).chunks).combine_chunks()
         lengths = np.asarray(pc.fill_null(pc.list_value_length(bags), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
         flat = pc.list_flatten(bags)

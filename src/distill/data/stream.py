@@ -30,7 +30,7 @@ import torch
 from distill.config import Config
 from distill.data.batch import Batch, Encoded
 from distill.data.dataset import Encoders
-from distill.data.encoders import CategoryIndex, FeatureEncoder, LabelEncoder, _as_strings, _bags, _numbers
+from distill.data.encoders import CategoryIndex, FeatureEncoder, LabelEncoder, _as_strings, _bags, _categories, _numbers
 from distill.data.io import file_format, resolve_files
 from distill.errors import DistillError
 
@@ -95,9 +95,9 @@ def fit_streaming(cfg: Config) -> tuple[Encoders, dict[str, int]]:
                 s[2] += float((good * good).sum())
                 missing[f.name] += int(bad.sum())
             elif f.name in counts:
-                values = _as_strings(col, f.name, where) if f.type == "categorical" else pc.list_flatten(_bags(col, f.name, where, f.separator))
+                values = _categories(col, f.name, where) if f.type == "categorical" else pc.list_flatten(_bags(col, f.name, where, f.separator))
                 vc = pc.value_counts(values.drop_null())
-                counts[f.name].update(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
+                counts[f.name].update(dict(zip(map(str, vc.field("values").to_pylist()), vc.field("counts").to_pylist())))
         label = table.column(cfg.task.label)
         if cfg.task.type == "multiclass":
             classes.update(v for v in pc.unique(_as_strings(label, cfg.task.label, where)).to_pylist() if v is not None)
