@@ -3,7 +3,7 @@
 Launched the standard way, `torchrun --nproc_per_node=N -m distill train CONFIG`; torchrun sets
 RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT and `setup()` reads them once. Without them (plain
 `distill train`) every helper here is a no-op for a world of one, so the loops read the same
-either way. The design (docs/distributed.md has the long form):
+either way. The design (the README section "Training on several processes" has the long form):
 
 - every rank reads the splits and fits the encoders identically (checked by `agree`);
   `ShardedLoader` gives rank r the r-th slice of each *global* batch the loader draws (in memory

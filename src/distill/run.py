@@ -13,7 +13,7 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     run.json             timings, shared tables, filled values, warnings, versions, world size
 
 Under `torchrun --nproc_per_node=N -m distill train CONFIG` the same function runs on every rank;
-only rank 0 writes the run directory (docs/distributed.md, `distill.distributed`).
+only rank 0 writes the run directory (README, "Training on several processes"; `distill.distributed`).
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     torch.use_deterministic_algorithms(cfg.train.deterministic)
     mode, seed = cfg.distillation.mode, cfg.train.seed
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
-    # Under torchrun only rank 0 touches the run directory (docs/distributed.md); a world of one
+    # Under torchrun only rank 0 touches the run directory (README, "Training on several processes"); a world of one
     # runs exactly the lines it always did.
     distributed.setup()
     main = distributed.is_main()
