@@ -82,8 +82,8 @@ def fit_grid(cfg, X: np.ndarray, X7: np.ndarray, y: np.ndarray, train_idx: np.nd
     train_single(cfg, teacher, t_feats, InMemoryLoader(splits.train, bs, seed), None, label, log, phase="teacher")
     teacher_acc = evaluate(teacher, splits.test, t_feats, label)["accuracy"]
     soft = predict_logits(teacher, splits.train, t_feats)  # (N, 10), the frozen teacher, once
-    # The students' splits carry only the 49 serving columns: `Encoded.batches` gathers every column
-    # of a split at each step, and the 784 privileged ones would make each student fit ~10x slower.
+    # The students' splits carry only the 49 serving columns, so nothing here depends on the loader
+    # gathering only a model's columns (which `distill train` now does with `loader.narrowed`).
     s_names = [f"x{j}" for j in range(X7.shape[1])]
     s_train, s_test = (replace(e, features={n: e.features[n] for n in s_names}) for e in (splits.train, splits.test))
     grid = np.full((len(ts), len(lambdas)), np.nan)
@@ -96,7 +96,7 @@ def fit_grid(cfg, X: np.ndarray, X7: np.ndarray, y: np.ndarray, train_idx: np.nd
             cell.distillation.weight, cell.distillation.temperature = lam, float(T)
             student, s_feats = build(cell, enc, "student", seed)
             train_single(cell, student, s_feats, InMemoryLoader(s_train, bs, seed), None, label, log, phase="student",
-                         soft=soft if lam > 0 else None)
+                         soft=(lambda batch: soft[batch.index]) if lam > 0 else None)
             grid[i, j] = evaluate(student, s_test, s_feats, label)["accuracy"]
     return Fitted(teacher_acc, grid)
 
