@@ -205,7 +205,7 @@ def check(summary: dict[str, Any]) -> list[str]:
 def markdown(s: dict[str, Any]) -> str:
     rows = s["rows"]
     base_name = "student alone (two_tower, serving features)"
-    base_auc, base_gauc = _vals(rows, base_name, "student_auc"), _vals(rows, base_name, "student_gauc")
+    base_auc = _vals(rows, base_name, "student_auc")
     table = []
     seen = []
     for r in rows:

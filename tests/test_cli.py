@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml

@@ -19,7 +19,7 @@ import torch
 from distill.config import config_from_dict
 from distill.demo import make_log
 from distill.errors import DistillError
-from distill.run import Run, load_run, train
+from distill.run import Run, train
 from distill.serving import ExportedModel, export, load_model
 from distill.serving.export import FORMATS, ServingGraph, example_inputs, sha256, write_graph
 from distill.serving.leakcheck import leak_check, perturb_privileged

@@ -162,9 +162,9 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
                                                          out / "validation.png")
     if report.figures["validation"]:
         doc.img("validation.png", f"validation {metric} over steps")
-        doc.p(f"The student is what gets served; the baseline is the same student without the teacher, so the "
-              f"space between their lines is what distillation bought on the validation split. Early stopping "
-              f"keeps each model's best evaluation (ringed).")
+        doc.p("The student is what gets served; the baseline is the same student without the teacher, so the "
+              "space between their lines is what distillation bought on the validation split. Early stopping "
+              "keeps each model's best evaluation (ringed).")
     else:
         _note(doc, report, "no validation split or no evaluations: no validation curve")
 

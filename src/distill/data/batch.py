@@ -56,15 +56,14 @@ class Encoded:
     def __len__(self) -> int:
         return len(next(iter(self.features.values())))
 
-    def batch(self, idx: torch.Tensor, offset: int = 0, names: list[str] | None = None) -> Batch:
-        """Rows `idx` of the features `names` (default all); `offset` turns chunk positions into
-        row numbers of the whole split. Gathering only what a model reads keeps a step's cost
-        independent of how many other columns the split holds."""
+    def batch(self, idx: torch.Tensor, names: list[str] | None = None) -> Batch:
+        """Rows `idx` of the features `names` (default all). Gathering only what a model reads keeps
+        a step's cost independent of how many other columns the split holds."""
         return Batch(
             {n: self.features[n][idx] for n in (self.features if names is None else names)},
             None if self.y is None else self.y[idx],
             None if self.weight is None else self.weight[idx],
-            idx + offset if offset else idx,
+            idx,
             None if self.soft is None else self.soft[idx],
         )
 

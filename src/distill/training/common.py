@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
