@@ -55,6 +55,15 @@ def base_config(tmp: Path, n_train: int = 600, **sections) -> dict:
     return raw
 
 
+def trained_config(tmp: Path) -> dict:
+    """A small sync run (with a baseline) trained for one epoch into tmp; returns its config."""
+    from distill.run import train
+    raw = base_config(tmp)
+    raw["train"]["epochs"] = 1
+    train(cfg_of(raw), quiet=True)
+    return raw
+
+
 @pytest.fixture
 def raw_config(tmp_path):
     return base_config(tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import base_config, cfg_of
+from conftest import base_config, trained_config
 from distill.cli import app
 
 runner = CliRunner()
@@ -24,11 +24,7 @@ runner = CliRunner()
 def world(tmp_path_factory):
     """A trained run (sync, with a baseline) and its config, shared by the cases."""
     tmp = tmp_path_factory.mktemp("world")
-    raw = base_config(tmp)
-    raw["train"]["epochs"] = 1
-    from distill.run import train
-    train(cfg_of(raw), quiet=True)
-    return tmp, raw
+    return tmp, trained_config(tmp)
 
 
 def train_with(edit: Callable[[dict, Path], None]):

@@ -7,18 +7,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from conftest import base_config, cfg_of
+from conftest import trained_config
 
 
 @pytest.fixture(scope="module")
 def service_app(tmp_path_factory):
-    from distill.run import train
     from distill.serving.exported import load_model
     from distill.serving.service import create_app
-    tmp = tmp_path_factory.mktemp("svc")
-    raw = base_config(tmp)
-    raw["train"]["epochs"] = 1
-    train(cfg_of(raw), quiet=True)
+    raw = trained_config(tmp_path_factory.mktemp("svc"))
     return create_app(load_model(raw["output"]))
 
 
