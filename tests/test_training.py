@@ -218,3 +218,30 @@ def test_nan_and_inf_are_filled_and_counted(tmp_path):
     info = json.loads((run.path / "run.json").read_text())
     assert info["filled_values"]["price"] == 7
     assert np.isfinite(run.metrics["student"]["test"]["auc"])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_bf16_precision_multiplies_in_bf16_and_keeps_float32_weights(tmp_path, mode):
+    seen: dict[str, dict[bool, set]] = {}  # precision -> training mode -> dtypes of Linear outputs
+
+    def record(module, args, out):
+        if isinstance(module, torch.nn.Linear):
+            seen[precision].setdefault(module.training, set()).add(out.dtype)
+
+    runs = {}
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        for precision in ("fp32", "bf16"):
+            seen[precision] = {}
+            raw = base_config(tmp_path, n_train=1200, distillation={"mode": mode}, train={"precision": precision})
+            runs[precision] = train(cfg_of(raw), output=tmp_path / precision, quiet=True)
+    finally:
+        handle.remove()
+    assert seen["fp32"][True] == {torch.float32}
+    assert seen["bf16"][True] == {torch.bfloat16}  # every training forward pass multiplied in bf16
+    if mode == "sync":
+        assert seen["bf16"][False] == {torch.float32}  # validation runs the float32 model, as exported
+    for model in runs["bf16"].models.values():
+        assert {p.dtype for p in model.state_dict().values() if p.is_floating_point()} == {torch.float32}
+    fp32, bf16 = (runs[p].metrics["teacher"]["test"]["auc"] for p in ("fp32", "bf16"))
+    assert bf16 > 0.75 and abs(bf16 - fp32) < 0.02  # the same learning, bf16 rounding aside

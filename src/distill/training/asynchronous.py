@@ -15,7 +15,7 @@ from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
 from distill.data.loader import InMemoryLoader
 from distill.training.checkpoint import Checkpoints
-from distill.training.common import RunLog, predict_rows
+from distill.training.common import RunLog, autocast, predict_rows
 from distill.training.single import train_single
 
 
@@ -27,9 +27,10 @@ def train_async_student(cfg: Config, teacher: nn.Module, student: nn.Module, tea
     t0 = time.perf_counter()
     # (N,) or (N, C), once. Under torchrun each rank predicts its slices and all ranks get every row.
     # The frozen teacher is never wrapped in DDP: it has nothing to learn, so nothing to reduce.
-    cache = predict_rows(teacher, loader.narrowed(teacher_features), teacher_features, log=log)
+    cache = predict_rows(teacher, loader.narrowed(teacher_features), teacher_features, log=log,
+                        precision=autocast(cfg))
     soft_seconds = time.perf_counter() - t0
     log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
     summary = train_single(cfg, student, student_features, loader.narrowed(student_features), valid, label, log, phase="student",
-                           soft=lambda batch: cache[batch.index], ckpt=ckpt)
+                           soft=lambda batch: cache.index_select(0, batch.index), ckpt=ckpt)
     return summary | {"soft_label_seconds": soft_seconds}

@@ -1,6 +1,7 @@
 """Pieces the loops share: optimizers, batched inference, validation with keep-the-best (step logs: log.py)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -78,6 +79,14 @@ class Optimizers:
             p.load_state_dict(s)
 
 
+def autocast(cfg: Config) -> contextlib.AbstractContextManager:
+    """The forward passes' precision: float32, or bfloat16 matrix products under torch.autocast
+    (train.precision: bf16). Callers take `.float()` of the logits, so losses stay float32."""
+    if cfg.train.precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_size: int = 8192) -> torch.Tensor:
     """Logits for every row of `data`, in eval mode; the model sees only `features`."""
@@ -89,9 +98,10 @@ def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_s
 
 
 @torch.no_grad()
-def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | None = None) -> torch.Tensor:
+def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | None = None,
+                 precision: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """Logits for every training row, placed by row number (works for streamed splits too); with
-    `log`, shown as a progress phase ("soft labels")."""
+    `log`, shown as a progress phase ("soft labels"); `precision`: an autocast context, as in training."""
     was_training = model.training
     model.eval()
     out: torch.Tensor | None = None
@@ -99,7 +109,8 @@ def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | No
     if log is not None:
         batches = log.track(batches, "soft labels", total_rows=loader.num_rows)
     for b in batches:
-        z = model(b.select(features))
+        with precision or contextlib.nullcontext():
+            z = model(b.select(features)).float()
         if out is None:
             out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
         out[b.index] = z

@@ -20,7 +20,7 @@ from distill.data.encoders import LabelEncoder
 from distill.data.loader import InMemoryLoader
 from distill.losses import distill_loss, hard_loss
 from distill.training.checkpoint import Checkpoints
-from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
+from distill.training.common import (KeepBest, RunLog, autocast, check_finite, eval_points, evaluate, make_optimizer,
                                      stopping_metric, unique_parameters)
 
 
@@ -47,13 +47,15 @@ def train_single(cfg: Config, model: nn.Module, features: list[str], loader: InM
         torch.set_rng_state(resume["rng"])
         log.info(f"[{phase}] resuming at step {step} (epoch {first_epoch}, batch {start})")
     model.train()
+    amp = autocast(cfg)
     net = distributed.wrap(model)  # under torchrun: DDP, gradients averaged across ranks in backward
     log.phase(phase, cfg.train.epochs * len(loader), cfg.train.batch_size, epochs=cfg.train.epochs, start=step)
     epoch = first_epoch
     for epoch in range(first_epoch, cfg.train.epochs):
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
                                   start=start if epoch == first_epoch else 0):
-            logits = net(batch.select(features))  # (B,) or (B, C)
+            with amp:
+                logits = net(batch.select(features)).float()  # (B,) or (B, C)
             l_s = hard_loss(logits, batch.y, task, batch.weight)
             terms = {"L_s": l_s}
             lam = 0.0

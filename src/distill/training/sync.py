@@ -21,7 +21,7 @@ from distill.data.encoders import LabelEncoder
 from distill.data.loader import InMemoryLoader
 from distill.losses import distill_loss, hard_loss
 from distill.training.checkpoint import Checkpoints
-from distill.training.common import (KeepBest, RunLog, check_finite, eval_points, evaluate, make_optimizer,
+from distill.training.common import (KeepBest, RunLog, autocast, check_finite, eval_points, evaluate, make_optimizer,
                                      stopping_metric, unique_parameters)
 
 
@@ -63,6 +63,7 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
         log.info(f"[sync] resuming at step {step} (epoch {first_epoch}, batch {start})")
     teacher.train()
     student.train()
+    amp = autocast(cfg)
     pair = distributed.wrap(Pair(teacher, student))  # under torchrun: DDP over both models at once
     log.phase("sync", cfg.train.epochs * len(loader), cfg.train.batch_size, epochs=cfg.train.epochs, start=step)
     epoch = first_epoch
@@ -70,7 +71,9 @@ def train_sync(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_feat
         for b, batch in enumerate(loader.epoch(epoch, start if epoch == first_epoch else 0),
                                   start=start if epoch == first_epoch else 0):
             # the teacher sees serving + privileged features, the student serving features only
-            t_logits, s_logits = pair(batch.select(teacher_features), batch.select(student_features))
+            with amp:
+                t_logits, s_logits = pair(batch.select(teacher_features), batch.select(student_features))
+            t_logits, s_logits = t_logits.float(), s_logits.float()
             lam = schedules.lam(d.schedule.type, step, d.weight, d.schedule.steps)
             l_t = hard_loss(t_logits, batch.y, task, batch.weight)
             l_s = hard_loss(s_logits, batch.y, task, batch.weight)
