@@ -69,7 +69,15 @@ class CategoryIndex:
             counts = pc.value_counts(values.drop_null() if values.null_count else values)
             vals, cnts = counts.field("values"), counts.field("counts")
             keep = pc.filter(vals, pc.greater_equal(cnts, min_count))
-            self.vocab = sorted(str(v) for v in keep.to_pylist() if v is not None)
+            if pa.types.is_integer(keep.type):
+                # vectorised: the vocabulary is still ordered by string form, as for any column
+                ints = keep.to_numpy(zero_copy_only=False).astype(np.int64)
+                strs = ints.astype(str)
+                order = np.argsort(strs, kind="stable")
+                self.vocab = strs[order].tolist()
+                self._ints = (pa.array(ints[order], pa.int64()), np.arange(len(order), dtype=np.int64))
+            else:
+                self.vocab = sorted(str(v) for v in keep.to_pylist() if v is not None)
         return self
 
     def _int_lookup(self) -> tuple[pa.Array, np.ndarray]:
