@@ -52,20 +52,42 @@ class Encoded:
     group: np.ndarray | None = None  # (N,) int64 group ids for GAUC
     soft: torch.Tensor | None = None  # offline mode: the teacher's score as logits
     missing: dict[str, int] = field(default_factory=dict)  # filled values per feature
+    packs: list[tuple[list[str], torch.Tensor]] = field(default_factory=list)  # see pack()
 
     def __len__(self) -> int:
         return len(next(iter(self.features.values())))
 
+    def pack(self) -> "Encoded":
+        """Stack the columns of each kind (same dtype and row shape) into one (N, k, ...) tensor and
+        keep every column as a view of it, so that a training batch is one row gather per kind
+        instead of one gather per feature (26 column gathers took 8x longer than one row gather
+        of a (N, 26) tensor here). Memory is unchanged once the old columns are freed."""
+        if self.packs:
+            return self  # already packed
+        groups: dict[tuple, list[str]] = {}
+        for n, t in self.features.items():
+            groups.setdefault((t.dtype, tuple(t.shape[1:])), []).append(n)
+        for names in groups.values():
+            if len(names) > 1:
+                stacked = torch.stack([self.features[n] for n in names], dim=1)
+                self.features.update({n: stacked[:, j] for j, n in enumerate(names)})
+                self.packs.append((names, stacked))
+        return self
+
     def batch(self, idx: torch.Tensor, names: list[str] | None = None) -> Batch:
         """Rows `idx` of the features `names` (default all). Gathering only what a model reads keeps
         a step's cost independent of how many other columns the split holds."""
-        return Batch(
-            {n: self.features[n][idx] for n in (self.features if names is None else names)},
-            None if self.y is None else self.y[idx],
-            None if self.weight is None else self.weight[idx],
-            idx,
-            None if self.soft is None else self.soft[idx],
-        )
+        names = list(self.features) if names is None else names
+        feats: dict[str, torch.Tensor] = {}
+        wanted = set(names)
+        for pack_names, stacked in self.packs:
+            hit = [j for j, n in enumerate(pack_names) if n in wanted]
+            if 2 * len(hit) > len(pack_names):  # most of a pack: one gather beats one per column
+                rows = stacked.index_select(0, idx)
+                feats.update({pack_names[j]: rows[:, j] for j in hit})
+        take = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731  (faster than t[idx])
+        return Batch({n: feats[n] if n in feats else take(self.features[n]) for n in names},
+                     take(self.y), take(self.weight), idx, take(self.soft))
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, names: list[str] | None = None):
         """Yield batches in `order` (a permutation) or in row order."""

@@ -18,7 +18,7 @@ class InMemoryLoader:
     """Shuffled batches over an `Encoded` split held in memory (slices: no per-sample work)."""
 
     def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True):
-        self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
+        self.data, self.batch_size, self.seed, self.shuffle = data.pack(), batch_size, seed, shuffle
         self.features: list[str] | None = None  # gather only these (None: all)
 
     def narrowed(self, names: list[str]) -> "InMemoryLoader":
