@@ -32,8 +32,10 @@ class HandModel(nn.Module):
 
 def hand_train(kind: str, cat: torch.Tensor, num: torch.Tensor, pcat: torch.Tensor, pnum: torch.Tensor,
                y: torch.Tensor, vocab: int, batch_size: int = 4096, steps: int | None = None, seed: int = 0,
-               lam: float = 0.5) -> float:
-    """Train for one epoch (or `steps` steps); returns samples per second. kind: student|teacher|sync."""
+               lam: float = 0.5, bf16: bool = False) -> float:
+    """Train for one epoch (or `steps` steps); returns samples per second. kind: student|teacher|sync.
+    bf16: forward passes under torch.autocast(bfloat16), losses in float32 (what distill's
+    train.precision: bf16 does), for a like-for-like reading of that lever."""
     torch.manual_seed(seed)
     n_cat, n_num = cat.shape[1], num.shape[1]
     student = HandModel(n_cat, vocab, n_num, 16, [256, 128])
@@ -47,13 +49,14 @@ def hand_train(kind: str, cat: torch.Tensor, num: torch.Tensor, pcat: torch.Tens
     for s in range(total):
         idx = order[(s * batch_size) % n:(s * batch_size) % n + batch_size]
         c, x, yb = cat[idx], num[idx], y[idx]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            zs = student(c, x).float() if kind != "teacher" else None
+            zt = teacher(torch.cat([c, pcat[idx]], 1), torch.cat([x, pnum[idx]], 1)).float() if kind != "student" else None
         if kind == "student":
-            loss = F.binary_cross_entropy_with_logits(student(c, x), yb)
+            loss = F.binary_cross_entropy_with_logits(zs, yb)
         elif kind == "teacher":
-            loss = F.binary_cross_entropy_with_logits(teacher(torch.cat([c, pcat[idx]], 1), torch.cat([x, pnum[idx]], 1)), yb)
+            loss = F.binary_cross_entropy_with_logits(zt, yb)
         else:
-            zt = teacher(torch.cat([c, pcat[idx]], 1), torch.cat([x, pnum[idx]], 1))
-            zs = student(c, x)
             loss = (F.binary_cross_entropy_with_logits(zt, yb)
                     + (1 - lam) * F.binary_cross_entropy_with_logits(zs, yb)
                     + lam * F.binary_cross_entropy_with_logits(zs, torch.sigmoid(zt.detach())))

@@ -1,6 +1,7 @@
 """Speed and scale (issue 5): distill against a hand-written PyTorch loop, side by side in one run.
 
-    python -m benchmarks.speed [--quick] [--rows N] [--stream-rows N] [--table-rows N]
+    python -m benchmarks.speed [--quick] [--rows N] [--stream-rows SMALL LARGE] [--table-rows N ...]
+                               [--precision fp32 bf16] [--paper-rows N] [--repeats R]
 
 Reference shape: 26 categorical features of 10,000 values with 16-dim embeddings, 13 numeric, plus
 4 categorical and 4 numeric privileged ones; student MLP 256-128, teacher MLP 512-256-128 on all
@@ -9,9 +10,11 @@ memory; distill's runs *include* reading and encoding the Parquet file.
 
 Sections, each a ratio measured in this one run:
 1. throughput: hand loop (student / teacher / sync) vs distill (student alone, sync PFD with shared
-   embeddings, async with the teacher's soft labels cached);
+   embeddings, async with the teacher's soft labels cached), at each train.precision (fp32, and bf16
+   mixed precision with a bf16 hand loop beside it for reference); the yardstick is the float32 hand loop;
+1b. the PFD paper's regime: sync / async wall when embedding updates dominate the step;
 2. streaming: data.streaming on a small and a large Parquet file: samples/s and peak resident memory
-   (each in its own process, ru_maxrss);
+   (each in its own process, VmHWM; default 1M and 20M rows, files written in chunks);
 3. large tables: one hashed feature with 10^5..10^7 rows, step time and peak memory, dense vs
    row-wise (train.sparse_embeddings) updates.
 Results go to benchmarks/results/speed.{md,csv} with the machine's description.
@@ -79,40 +82,54 @@ def distill_run(raw: dict, out: Path) -> dict:
             **{f"{k}_soft": v.get("soft_label_seconds", 0.0) for k, v in info["phases"].items()}}
 
 
-def throughput_once(path: Path, t: dict[str, torch.Tensor], tmp: Path) -> list[dict]:
-    """One side-by-side round: the hand loops, then distill's runs, ratios taken within the round."""
-    hand = {kind: hand_train(kind, t["cat"], t["num"], t["pcat"], t["pnum"], t["y"], 10_000) for kind in ("student", "teacher", "sync")}
-    alone = distill_run(distill_config(str(path), "none", train={"baseline": True}), tmp / "none")
-    sync = distill_run(distill_config(str(path), "sync"), tmp / "sync")
-    asyn = distill_run(distill_config(str(path), "async"), tmp / "async")
-    n = alone["rows"]
-    d_student = n / (alone["load"] + alone["baseline"])
-    d_sync = n / (sync["load"] + sync["sync"])
-    sync_wall = sync["load"] + sync["sync"]
-    async_wall = asyn["load"] + asyn["teacher"] + asyn["student"]
-    student_phase = n / (asyn["student"] - asyn["student_soft"])
-    return [
+def throughput_once(path: Path, t: dict[str, torch.Tensor], tmp: Path, precisions: tuple[str, ...]) -> list[dict]:
+    """One side-by-side round: the hand loops, then distill's runs, ratios taken within the round.
+    Every ratio's yardstick is the float32 hand loop (the issue's); with bf16, distill runs with
+    train.precision: bf16 and a bf16 hand loop is shown beside it, so the lever's share is visible."""
+    args = (t["cat"], t["num"], t["pcat"], t["pnum"], t["y"], 10_000)
+    hand = {kind: hand_train(kind, *args) for kind in ("student", "teacher", "sync")}
+    out = [
         {"what": "hand loop, student alone (tensors in memory)", "samples_per_s": hand["student"]},
         {"what": "hand loop, teacher alone (tensors in memory)", "samples_per_s": hand["teacher"]},
         {"what": "hand loop, sync PFD (tensors in memory)", "samples_per_s": hand["sync"]},
-        {"what": "distill, student alone (Parquet read + encode included)", "samples_per_s": d_student,
-         "ratio": d_student / hand["student"], "goal": ">= 1.0x hand student"},
-        {"what": "distill, sync PFD, shared embeddings (Parquet included)", "samples_per_s": d_sync,
-         "ratio": d_sync / hand["sync"], "goal": ">= 1.5x hand sync"},
-        {"what": "distill, sync wall / async wall (same data, epochs)", "ratio": sync_wall / async_wall, "goal": "<= 0.55"},
-        {"what": "distill, async student phase (cached soft labels) / student alone", "samples_per_s": student_phase,
-         "ratio": student_phase / (n / alone["baseline"]), "goal": ">= 0.95"},
     ]
+    for precision in precisions:
+        tag = "" if precision == "fp32" else f", {precision}"
+        extra = {"precision": precision}
+        if precision != "fp32":
+            for kind in ("student", "sync"):
+                out.append({"what": f"hand loop, {kind}{tag} autocast (for reference)",
+                            "samples_per_s": hand_train(kind, *args, bf16=True)})
+        alone = distill_run(distill_config(str(path), "none", train={"baseline": True, **extra}), tmp / "none")
+        sync = distill_run(distill_config(str(path), "sync", train=extra), tmp / "sync")
+        # with its own baseline: the student-phase ratio compares two phases of one process
+        asyn = distill_run(distill_config(str(path), "async", train={"baseline": True, **extra}), tmp / "async")
+        n = alone["rows"]
+        d_student = n / (alone["load"] + alone["baseline"])
+        d_sync = n / (sync["load"] + sync["sync"])
+        sync_wall = sync["load"] + sync["sync"]
+        async_wall = asyn["load"] + asyn["teacher"] + asyn["student"]
+        student_phase = n / (asyn["student"] - asyn["student_soft"])
+        out += [
+            {"what": f"distill{tag}, student alone (Parquet read + encode included)", "samples_per_s": d_student,
+             "ratio": d_student / hand["student"], "goal": ">= 1.0x hand student"},
+            {"what": f"distill{tag}, sync PFD, shared embeddings (Parquet included)", "samples_per_s": d_sync,
+             "ratio": d_sync / hand["sync"], "goal": ">= 1.5x hand sync"},
+            {"what": f"distill{tag}, sync wall / async wall (same data, epochs)", "ratio": sync_wall / async_wall, "goal": "<= 0.55"},
+            {"what": f"distill{tag}, async student phase (cached soft labels) / student alone (same run)",
+             "samples_per_s": student_phase, "ratio": student_phase / (n / asyn["baseline"]), "goal": ">= 0.95"},
+        ]
+    return out
 
 
-def throughput(rows: int, tmp: Path, repeats: int) -> list[dict]:
+def throughput(rows: int, tmp: Path, repeats: int, precisions: tuple[str, ...]) -> list[dict]:
     """`repeats` rounds; each number is the median over rounds, each ratio the median of the ratios
     measured within a round (a busy moment slows both sides of a round alike), with its range."""
     a = make_arrays(rows, seed=0)
     path = tmp / "ctr.parquet"
     write_parquet(a, path)
     t = {k: torch.from_numpy(v) for k, v in a.items()}
-    rounds = [throughput_once(path, t, tmp) for _ in range(repeats)]
+    rounds = [throughput_once(path, t, tmp, precisions) for _ in range(repeats)]
     out = []
     for i, row in enumerate(rounds[0]):
         merged = dict(row)
@@ -124,6 +141,25 @@ def throughput(rows: int, tmp: Path, repeats: int) -> list[dict]:
                     merged["range"] = f"{min(values):.2f}–{max(values):.2f}"
         out.append(merged)
     return out
+
+
+def paper_regime(rows: int, tmp: Path) -> list[dict]:
+    """sync / async wall where embeddings dominate the step, as in the PFD paper's setting (teacher =
+    student architecture + privileged inputs; +11% sync vs +100% async): the same features hashed
+    into 10^5-row tables with dense updates, MLP [64] for both models. Shared tables are updated once
+    per sync step, while async updates them in each phase."""
+    path = tmp / "paper.parquet"
+    write_parquet(make_arrays(rows, seed=2), path)
+    walls = {}
+    for mode in ("none", "sync", "async"):
+        raw = distill_config(str(path), mode, hash_buckets=100_000, train={"baseline": mode == "none"})
+        raw["teacher"]["hidden"] = raw["student"]["hidden"] = [64]
+        r = distill_run(raw, tmp / f"paper_{mode}")
+        walls[mode] = r["load"] + sum(r[k] for k in ("baseline", "sync", "teacher", "student") if k in r)
+    return [{"what": "embedding-dominated shape (10^5-row tables, MLP 64): sync wall / student-alone wall",
+             "ratio": walls["sync"] / walls["none"], "goal": "paper: 1.11"},
+            {"what": "embedding-dominated shape (10^5-row tables, MLP 64): sync wall / async wall",
+             "ratio": walls["sync"] / walls["async"], "goal": "<= 0.55 (paper: 1.11 / 2.0)"}]
 
 
 def write_big_parquet(path: Path, rows: int, chunk: int = 500_000) -> None:
@@ -202,18 +238,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a minute or two (CI)")
     ap.add_argument("--rows", type=int, default=500_000)
-    ap.add_argument("--stream-rows", type=int, nargs=2, default=[1_000_000, 4_000_000])
+    ap.add_argument("--stream-rows", type=int, nargs=2, default=[1_000_000, 20_000_000])
     ap.add_argument("--table-rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the throughput comparison (medians reported)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "streaming", "tables"])
+    ap.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                    help="train.precision values to measure distill at (bf16: mixed precision)")
+    ap.add_argument("--paper-rows", type=int, default=163_840, help="rows for the embedding-dominated shape")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "paper", "streaming", "tables"])
     args = ap.parse_args()
     if args.quick:
         args.rows, args.stream_rows, args.table_rows, args.repeats = 40_960, [100_000, 200_000], [10_000, 1_000_000], 1
+        args.paper_rows = 16_384
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "throughput" not in args.skip:
-            rows += throughput(args.rows, tmp, args.repeats)
+            rows += throughput(args.rows, tmp, args.repeats, tuple(args.precision))
+        if "paper" not in args.skip:
+            rows += paper_regime(args.paper_rows, tmp)
         if "streaming" not in args.skip:
             rows += streaming(*args.stream_rows, tmp)
         if "tables" not in args.skip:
@@ -231,7 +273,7 @@ def main() -> None:
     fmt = lambda v: "" if v is None else (f"{v:,.0f}" if isinstance(v, float) and v >= 100 else f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
     lines = ["# Speed and scale", "", f"Machine: {machine()}.", f"Run: `python -m benchmarks.speed --rows {args.rows} "
              f"--stream-rows {args.stream_rows[0]} {args.stream_rows[1]} --table-rows {' '.join(map(str, args.table_rows))} "
-             f"--repeats {args.repeats}`: medians over {args.repeats} rounds (range of the ratio beside it), "
+             f"--repeats {args.repeats} --paper-rows {args.paper_rows} --precision {' '.join(args.precision)}`: medians over {args.repeats} rounds (range of the ratio beside it), "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| what | samples/s | ms/step | peak RSS (MB) | ratio | ratio range | goal |", "|---|---:|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
