@@ -1,4 +1,5 @@
 """Row-wise embedding updates: a step changes only the rows its batch touched."""
+import pytest
 import torch
 
 from conftest import base_config, cfg_of
@@ -29,9 +30,10 @@ def test_sparse_step_moves_only_touched_rows(tmp_path):
     assert changed == [3, 5]
 
 
-def test_sparse_embeddings_train_in_sync_with_shared_tables_and_resume(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sparse_embeddings_train_in_sync_with_shared_tables_and_resume(tmp_path, precision):
     raw = base_config(tmp_path)
-    raw["train"].update(sparse_embeddings=True, epochs=2, checkpoint_every=3)
+    raw["train"].update(sparse_embeddings=True, epochs=2, checkpoint_every=3, precision=precision)
     raw["distillation"] = {"mode": "sync", "share_embeddings": True}
     run = train(cfg_of(raw), quiet=True)
     assert run.metrics["teacher"]["test"]["auc"] > 0.7

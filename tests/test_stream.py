@@ -67,11 +67,12 @@ def test_streaming_fit_equals_in_memory_fit(streamed):
 
 def test_streaming_trains_every_mode_end_to_end(tmp_path, streamed):
     from distill.run import train
-    for mode in ("sync", "async", "none"):
+    for mode, precision in (("sync", "fp32"), ("async", "fp32"), ("none", "fp32"), ("sync", "bf16")):
         cfg = streamed.model_copy(deep=True)
         cfg.distillation.mode = mode
         cfg.train.epochs = 1
-        run = train(cfg, output=tmp_path / mode, quiet=True)
+        cfg.train.precision = precision
+        run = train(cfg, output=tmp_path / f"{mode}_{precision}", quiet=True)
         assert run.metrics["baseline"]["test"]["auc"] > 0.5
 
 
