@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,17 @@ from distill.data.io import read_table
 from distill.errors import DistillError
 
 
+def _each(fn, items: list) -> list:
+    """fn over items on a few threads (Arrow compute and numpy release the GIL: columns encode in
+    parallel); results in order, and the first item's error is raised as if it ran alone."""
+    items = list(items)
+    workers = min(len(items), torch.get_num_threads())
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 @dataclass
 class Encoders:
     features: dict[str, FeatureEncoder]
@@ -26,7 +38,8 @@ class Encoders:
     @classmethod
     def fit(cls, cfg: Config, table: pa.Table, where: str) -> "Encoders":
         _require(table, [f.name for f in cfg.features] + [cfg.task.label], where)
-        feats = {f.name: FeatureEncoder.fit(f, table.column(f.name), where) for f in cfg.features}
+        fitted = _each(lambda f: FeatureEncoder.fit(f, table.column(f.name), where), cfg.features)
+        feats = {f.name: enc for f, enc in zip(cfg.features, fitted)}
         return cls(feats, LabelEncoder.fit(cfg.task, table.column(cfg.task.label), where))
 
     def encode(self, cfg: Config, table: pa.Table, where: str, features: list[str] | None = None,
@@ -38,8 +51,7 @@ class Encoders:
         _require(table, needed, where)
         out: dict[str, torch.Tensor] = {}
         missing: dict[str, int] = {}
-        for n in names:
-            arr, filled = self.features[n].encode(table.column(n), where)
+        for n, (arr, filled) in zip(names, _each(lambda n: self.features[n].encode(table.column(n), where), names)):
             out[n] = torch.from_numpy(arr)
             if filled:
                 missing[n] = filled
