@@ -155,6 +155,9 @@ def test_tensorboard_events_hold_every_curve(run_dir: Path):
     events = acc.Scalars("sync/L_d")
     assert [e.step for e in events] == [s["step"] for s in steps]
     assert np.allclose([e.value for e in events], [s["L_d"] for s in steps], rtol=1e-6)
+    seconds = [s["seconds"] for s in steps]  # wall time since the phase began: a step's cost
+    assert seconds[0] > 0 and all(b > a for a, b in zip(seconds, seconds[1:]))
+    assert not any(t.endswith("/seconds") for t in tags)  # bookkeeping, not a curve
     evals = [e for e in read_jsonl(run_dir / "evals.jsonl") if e["model"] == "student"]
     assert np.allclose([e.value for e in acc.Scalars("valid_auc/student")], [e["auc"] for e in evals], rtol=1e-6)
 

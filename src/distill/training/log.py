@@ -3,7 +3,7 @@
 Every loop calls the same four methods and nothing else:
 
     log.phase("sync", total_steps=472, batch_size=512)     # at the top of a loop
-    log.step({"phase": "sync", "step": 0, "epoch": 0, "lambda": 0.0, "lr": 1e-3, "L_s": ..., ...})
+    log.step({"phase": "sync", "step": 0, "epoch": 0, "lambda": 0.0, "lr": 1e-3, "L_s": ..., ...})  # + "seconds"
     log.evaluation({"phase": "sync", "model": "student", "epoch": 0, "step": 118, "auc": ...})
     log.info("training the baseline")
 
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 # Fields of a step record that are bookkeeping, not curves.
-NOT_SCALARS = ("phase", "step", "epoch", "model")
+NOT_SCALARS = ("phase", "step", "epoch", "model", "seconds")
 PLAIN_EVERY_SECONDS = 60.0
 BAR_EVERY_SECONDS = 0.1
 TB_POINTS = 1000  # per curve and phase, at most about this many TensorBoard points
@@ -114,10 +114,14 @@ class RunLog:
             p.task = self._progress.add_task(name, total=p.total, completed=start, info="")
 
     def step(self, record: dict[str, Any]) -> None:
+        """`seconds` (wall time since the phase started in this process) is added, so a step's cost
+        can be read off steps.jsonl."""
+        p = self._phase
+        if p is not None:
+            record = {**record, "seconds": round(time.perf_counter() - p.t0, 6)}
         self._write("steps.jsonl", record)
         phase = record.get("phase", "train")
         scalars = {k: v for k, v in record.items() if k not in NOT_SCALARS and isinstance(v, (int, float))}
-        p = self._phase
         step = record.get("step", 0)
         # TensorBoard keeps ~1000 points per curve anyway, and each add_scalar costs ~0.1 ms:
         # thin long phases so fast models are not slowed down (steps.jsonl keeps every step).
