@@ -136,37 +136,25 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
         doc.h2("Metrics of this run" if not summary else f"Metrics of {run_dir.name}")
         doc.table(*_metrics_table(run.metrics))
 
-    doc.h2("Loss terms")
-    report.figures["losses"] = plots.plot_losses(steps, out / "losses.png")
-    if report.figures["losses"]:
-        doc.img("losses.png", "loss terms over steps")
-        doc.p("Faint: every logged step; solid: smoothed. L_s and L_t are the hard-label losses of student and "
-              "teacher, L_d the student's distance to the teacher's soft labels; `loss` is the weighted sum the "
-              "optimizer minimised. The baseline phase is the same student trained on L_s alone.")
-    else:
-        _note(doc, report, "no steps.jsonl records: no loss curves")
-
-    doc.h2("λ and learning rate")
-    report.figures["lambda"] = plots.plot_lambda(steps, out / "lambda.png")
-    if report.figures["lambda"]:
-        d = cfg.distillation
-        doc.img("lambda.png", "lambda and learning rate over steps")
-        doc.p(f"λ weights L_d against L_s: loss = (1 − λ)·L_s + λ·L_d{' + L_t' if d.mode == 'sync' else ''}. "
-              f"Schedule `{d.schedule.type}`" + (f" over {d.schedule.steps} steps" if d.schedule.steps else "")
-              + f", target λ = {d.weight}.")
-    else:
-        _note(doc, report, "no λ or learning-rate records to plot")
-
-    doc.h2(f"Validation {metric}")
-    report.figures["validation"] = plots.plot_validation(evals, metric, HIGHER_IS_BETTER.get(metric, True),
-                                                         out / "validation.png")
-    if report.figures["validation"]:
-        doc.img("validation.png", f"validation {metric} over steps")
-        doc.p("The student is what gets served; the baseline is the same student without the teacher, so the "
-              "space between their lines is what distillation bought on the validation split. Early stopping "
-              "keeps each model's best evaluation (ringed).")
-    else:
-        _note(doc, report, "no validation split or no evaluations: no validation curve")
+    _figure(doc, report, "Loss terms", "losses", plots.plot_losses(steps, out / "losses.png"), "loss terms over steps",
+            "Faint: every logged step; solid: smoothed. L_s and L_t are the hard-label losses of student and "
+            "teacher, L_d the student's distance to the teacher's soft labels; `loss` is the weighted sum the "
+            "optimizer minimised. The baseline phase is the same student trained on L_s alone.",
+            "no steps.jsonl records: no loss curves")
+    d = cfg.distillation
+    _figure(doc, report, "λ and learning rate", "lambda", plots.plot_lambda(steps, out / "lambda.png"),
+            "lambda and learning rate over steps",
+            f"λ weights L_d against L_s: loss = (1 − λ)·L_s + λ·L_d{' + L_t' if d.mode == 'sync' else ''}. "
+            f"Schedule `{d.schedule.type}`" + (f" over {d.schedule.steps} steps" if d.schedule.steps else "")
+            + f", target λ = {d.weight}.",
+            "no λ or learning-rate records to plot")
+    _figure(doc, report, f"Validation {metric}", "validation",
+            plots.plot_validation(evals, metric, HIGHER_IS_BETTER.get(metric, True), out / "validation.png"),
+            f"validation {metric} over steps",
+            "The student is what gets served; the baseline is the same student without the teacher, so the "
+            "space between their lines is what distillation bought on the validation split. Early stopping "
+            "keeps each model's best evaluation (ringed).",
+            "no validation split or no evaluations: no validation curve")
 
     doc.h2("Calibration")
     report.figures["calibration"] = _calibration(run, out / "calibration.png", doc, report)
@@ -174,6 +162,19 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
     (out / "report.md").write_text(doc.markdown())
     (out / "report.html").write_text(doc.html(out, f"distill report: {name}"))
     return report
+
+
+def _figure(doc: "Doc", report: Report, title: str, key: str, series: list[plots.Series], alt: str, caption: str,
+            missing: str) -> None:
+    """A section with the figure `key`.png (already drawn: `series`) and its caption, or a note that
+    there was nothing to draw."""
+    doc.h2(title)
+    report.figures[key] = series
+    if series:
+        doc.img(f"{key}.png", alt)
+        doc.p(caption)
+    else:
+        _note(doc, report, missing)
 
 
 def _note(doc: "Doc", report: Report, text: str) -> None:

@@ -85,7 +85,10 @@ class Encoded:
             if 2 * len(hit) > len(pack_names):  # most of a pack: one gather beats one per column
                 rows = stacked.index_select(0, idx)
                 feats.update({pack_names[j]: rows[:, j] for j in hit})
-        take = lambda t: None if t is None else t.index_select(0, idx)  # noqa: E731  (faster than t[idx])
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, idx)  # index_select: faster than t[idx]
+
         return Batch({n: feats[n] if n in feats else take(self.features[n]) for n in names},
                      take(self.y), take(self.weight), idx, take(self.soft))
 
