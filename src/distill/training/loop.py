@@ -30,7 +30,8 @@ from distill.data.batch import Batch, Encoded
 from distill.data.encoders import LabelEncoder
 from distill.member import Member
 from distill.training.checkpoint import Checkpoints
-from distill.training.common import KeepBest, RunLog, check_finite, evaluate, make_optimizer, unique_parameters
+from distill.training.common import (KeepBest, RunLog, check_finite, evaluate, make_optimizer, stopping_metric,
+                                     unique_parameters)
 
 # step(batch, λ) -> named loss tensors; "loss" is minimised, every term is logged
 Step = Callable[[Batch, float], dict[str, torch.Tensor]]
@@ -60,7 +61,6 @@ class Plan:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Plan":
-        from distill.training.common import stopping_metric
         t = cfg.train
         metric, patience = stopping_metric(cfg)
         return cls(t.epochs, metric, patience, t.eval_every, t.log_every, t.optimizer, t.lr, t.weight_decay,
