@@ -127,3 +127,33 @@ def test_the_device_seam_is_the_cpu_and_a_batch_moves_whole():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with device.autocast("fp32"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_the_loop_keeps_the_best_of_any_number_of_models(tmp_path):
+    import json
+    from distill.losses import hard_loss
+    from distill.training.log import RunLog
+    from distill.training.loop import Watched, train_loop
+    raw = base_config(tmp_path, n_train=300)
+    raw["train"].update(batch_size=32, lr=0.05, eval_every=3)
+    cfg = cfg_of(raw)
+    splits = load_splits(cfg)
+    members = [build_member(cfg, splits.encoders, n) for n in ("teacher", "student", "baseline")]
+
+    def step(batch, lam):  # three models, one loss each, one optimizer step for all
+        losses = {m.name: hard_loss(m.module(batch.select(m.features)), batch.y, "binary") for m in members}
+        return losses | {"loss": sum(losses.values())}
+
+    plan = Plan(epochs=3, metric="auc", patience=None, eval_every=3, lr=0.05)
+    log = RunLog(tmp_path, quiet=True, tensorboard=False)
+    summary = train_loop("three", step, plan.optimizer(*(m.module for m in members)),
+                         InMemoryLoader(splits.train, 32, 0).narrowed(members[0].features),
+                         [Watched(m) for m in members], splits.valid, splits.encoders.label, plan, log=log)
+    log.close()
+    evals = [json.loads(line) for line in (tmp_path / "evals.jsonl").read_text().splitlines()]
+    assert [e["model"] for e in evals[:3]] == ["teacher", "student", "baseline"]
+    assert len(evals) == 3 * -(-summary["steps"] // 3)
+    for m in members:  # each ends with its own best weights, which may be from another moment than the others'
+        best = max(e["auc"] for e in evals if e["model"] == m.name)
+        assert summary["best_valid"][m.name]["auc"] == best
+        assert evaluate(m.module, splits.valid, m.features, splits.encoders.label)["auc"] == best
