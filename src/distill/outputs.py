@@ -82,8 +82,8 @@ def start(output: Path, kind: str, replace: bool, protect: tuple[Path, ...] = ()
     """
     refuse_unsafe(output, protect)
     if output.exists() and not replace and (not output.is_dir() or any(output.iterdir())):
-        raise DistillError(f"{output}: the output directory exists; choose another output, or replace it "
-                           f"(--overwrite, or overwrite=True from Python)")
+        raise DistillError(f"{output}: the output directory exists; choose another `output` or pass --overwrite "
+                           f"(overwrite=True from Python) to replace it")
     check_replaceable(output, kind, protect)
     partial = output.with_name(output.name + ".partial")
     if partial.exists():
