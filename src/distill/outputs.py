@@ -45,7 +45,9 @@ def refuse_unsafe(path: Path, protect: tuple[Path, ...] = ()) -> None:
         raise DistillError(f"{path}: is the working directory or a parent of it; distill will not replace it, choose another output")
     for p in protect:
         p = Path(os.path.realpath(p))
-        if here == p or here in p.parents:
+        if here == p:
+            raise DistillError(f"{path}: is the run being read; choose another output")
+        if here in p.parents:
             raise DistillError(f"{path}: holds the run being read ({p}); choose another output")
 
 
