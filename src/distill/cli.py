@@ -4,6 +4,7 @@ A user's mistake (DistillError) prints one line and exits 2; no traceback.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -41,6 +42,13 @@ def guarded(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
             raise typer.Exit(130) from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # what a command did not catch itself still reads as one line, not a traceback
+            err.print(f"[bold red]error:[/]{_rank_tag()} {e.filename or 'a file'}: no space left on device",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
     return wrapper
 
 
@@ -97,7 +105,8 @@ NoReportOption = typer.Option(False, "--no-report", help="Skip writing report/ (
 @guarded
 def train(config: Path = typer.Argument(..., help="The YAML config."),
           output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
-          overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+          overwrite: bool = typer.Option(False, help="Replace an existing run directory (only one distill wrote), "
+                                                     "or discard an interrupted run's checkpoints."),
           resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
           set_: Optional[list[str]] = SetOption,
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
@@ -117,19 +126,21 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def compare(config: Path = typer.Argument(..., help="The YAML config."),
             seeds: int = typer.Option(5, help="How many seeds (train.seed, train.seed + 1, ...)."),
-            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go."),
-            overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go "
+                                                  "(default: OUTPUT/compare, OUTPUT the config's `output`)."),
+            overwrite: bool = typer.Option(False, help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
             no_report: bool = NoReportOption) -> None:
     """Distilled student vs the baseline over seeds: mean ± std, gain, share of the gap closed."""
-    from distill.compare import compare as run_compare, to_markdown
+    from distill.compare import compare as run_compare, default_output, to_markdown
     cfg = load_config(config, parse_overrides(set_))
+    output = output or default_output(cfg)
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
-    out.print(f"written to [bold]{output or cfg.output}[/]/compare.json and compare.md")
+    out.print(f"written to [bold]{output}[/]/compare.json and compare.md")
     if not no_report:
-        report_after(Path(output or cfg.output))
+        report_after(output)
 
 
 @app.command()
@@ -184,7 +195,8 @@ def report_after(path: Path) -> None:
 @app.command()
 @guarded
 def report(run: Path = typer.Argument(..., help="A run directory, or a compare directory (compare.json and seed_* runs)."),
-           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report).")) -> None:
+           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report); an existing "
+                                                 "directory is replaced only if it is a report distill wrote.")) -> None:
     """Write a readable report of a run: loss terms, λ, validation curves, calibration, gain table (Markdown + HTML)."""
     from distill.report import write_report
     r = write_report(run, output)
@@ -242,7 +254,8 @@ def validate(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
                fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT).")) -> None:
+               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT); an "
+                                                      "existing one is replaced only if it is an export distill wrote.")) -> None:
     """Export the student alone (graph on serving features, encoders, manifest) and leak-check it."""
     from distill.serving.export import export
     d = export(run, fmt, out_dir)
@@ -255,7 +268,8 @@ def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
 @guarded
 def predict(run: Path = typer.Argument(..., help="A run directory or an exported model."),
             data: Path = typer.Argument(..., help="Parquet or CSV (a file, directory or glob)."),
-            output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write."),
+            output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (an existing Parquet file "
+                                                          "is replaced; never an input or another kind of file)."),
             keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file.")) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""

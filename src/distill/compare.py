@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from distill import outputs
 from distill.config import Config
 from distill.data.dataset import load_splits
 from distill.errors import DistillError
@@ -67,7 +68,8 @@ def to_markdown(summary: dict[str, Any], title: str = "distill compare") -> str:
 
 def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overwrite: bool = False,
             quiet: bool = False) -> dict[str, Any]:
-    """Train seeds `train.seed`, `train.seed + 1`, ...; write compare.json and compare.md.
+    """Train seeds `train.seed`, `train.seed + 1`, ...; write compare.json and compare.md into
+    `output` (default: `<cfg.output>/compare`).
 
     >>> summary = compare(load_config("config.yaml"), seeds=5)     # doctest: +SKIP
     >>> summary["gain"]["auc"]["mean"], summary["gap_closed"]["auc"]
@@ -79,8 +81,9 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
     if cfg.distillation.mode == "none":
         raise DistillError("distillation.mode: 'none' is the baseline itself; compare needs sync, async or offline")
     check(cfg)
-    output = Path(output or cfg.output)
-    partial = prepare_output(output, overwrite)
+    # beside train's run, not on it: `distill train CONFIG` then `distill compare CONFIG` both work
+    output = Path(output) if output else default_output(cfg)
+    partial = prepare_output(output, overwrite, kind="compare")
     try:
         splits = None
         if not cfg.distillation.teacher_checkpoint:
@@ -100,7 +103,11 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
         (partial / "compare.md").write_text(to_markdown(summary))
         publish(partial, output)
     except BaseException:
-        import shutil
-        shutil.rmtree(partial, ignore_errors=True)
+        outputs.discard(partial)
         raise
     return summary
+
+
+def default_output(cfg: Config) -> Path:
+    """`<output>/compare`, as the demo writes it."""
+    return Path(cfg.output) / "compare"

@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import plots
+from distill import outputs, plots
 from distill.errors import DistillError
 from distill.metrics import HIGHER_IS_BETTER
 
@@ -79,27 +77,18 @@ def write_report(path: str | Path, output: str | Path | None = None) -> Report:
         raise DistillError(f"{path}: no such directory")
     run_dir, summary = locate(path)
     output = Path(output) if output else path / "report"
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    # RUN/report is fine; RUN itself (or a directory holding it) is not, nor anything distill did not write
+    partial = outputs.start(output, "report", replace=True, protect=(path, run_dir))
     try:
         report = _build(path, run_dir, summary, partial)
-        _swap(partial, output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        outputs.swap(partial, output)  # a reader sees the old report or the new, never half
+    except BaseException as e:
+        outputs.discard(partial)
+        if outputs.no_space(e):
+            raise DistillError(f"{output}: no space left on device while writing the report; nothing was written") from None
         raise
     report.directory, report.markdown, report.html = output, output / "report.md", output / "report.html"
     return report
-
-
-def _swap(partial: Path, output: Path) -> None:
-    """Replace `output` by `partial` so that a reader sees the old report or the new, never half."""
-    old = output.with_name(output.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if output.exists():
-        os.replace(output, old)
-    os.replace(partial, output)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- content

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from distill import distributed, schema
+from distill import distributed, outputs, schema
 from distill.config import Config, config_from_dict, dump_config
 from distill.data.dataset import Encoders, Splits, load_splits
 from distill.data.io import read_table
@@ -67,19 +67,14 @@ def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Mod
     return model, names
 
 
-def prepare_output(output: Path, overwrite: bool) -> Path:
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise DistillError(f"{output}: the output directory exists; choose another `output` or pass --overwrite")
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    return partial
+def prepare_output(output: Path, overwrite: bool, kind: str = "run") -> Path:
+    """A fresh, locked `<output>.partial` (README, "What distill may replace"); an interrupted run's
+    checkpoints there are discarded only with `overwrite`."""
+    return outputs.start(output, kind, replace=overwrite, keep_checkpoints=not overwrite)
 
 
 def publish(partial: Path, output: Path) -> None:
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(partial, output)
+    outputs.swap(partial, output)  # the old run aside, the new one in, then the old one deleted
 
 
 def save_checkpoint(model: nn.Module, path: Path, cfg: Config, role: str) -> None:
@@ -200,6 +195,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         distributed.on_main(finish)
     except BaseException as error:
         log.close()
+        outputs.release(partial)
         e = distributed.peer_failure(error) or error  # a lost peer reads as one line, not a gloo traceback
         if main:  # rank 0 owns the run directory and decides what to keep
             if cfg.train.checkpoint_every and any((partial / "checkpoints").glob("ckpt-*.pt")):
@@ -267,6 +263,7 @@ def resume_output(output: Path, cfg: Config) -> Path:
     if not partial.is_dir():
         hint = " (it finished: nothing to resume)" if (output / "metrics.json").is_file() else ""
         raise DistillError(f"--resume {output}: no interrupted run there (no {partial.name}){hint}")
+    outputs.lock(partial, output)  # two trainings in one checkpoint folder would corrupt it
     saved = partial / "config.yaml"
     if saved.is_file():
         import yaml
@@ -274,6 +271,7 @@ def resume_output(output: Path, cfg: Config) -> Path:
         ours = cfg.model_dump(mode="json")
         diff = [k for k in ours if k != "output" and ours.get(k) != theirs.get(k)]
         if diff:
+            outputs.release(partial)
             raise DistillError(f"--resume {output}: the config differs from the interrupted run's in '{diff[0]}'")
     return partial
 

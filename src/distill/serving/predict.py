@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from distill.data.io import file_format, resolve_files
 from distill.errors import DistillError
+from distill.outputs import no_space
 from distill.serving.exported import ROW_TYPES, ExportedModel
 
 CSV_BLOCK_BYTES = 16 << 20
@@ -67,6 +68,7 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
     keep = list(keep or [])
     out = Path(out)
     files = resolve_files(str(data))
+    _check_output(out, files)
     summary = ScoreSummary()
     tmp = out.with_name(out.name + ".partial")
     writer: pq.ParquetWriter | None = None
@@ -112,9 +114,25 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
         writer.close()
         writer = None
         os.replace(tmp, out)
+    except OSError as e:
+        if no_space(e):  # the partial file goes in `finally`
+            raise DistillError(f"{out}: no space left on device while writing the predictions; nothing was written") from None
+        raise
     finally:
         if writer is not None:
             writer.close()
         if tmp.exists():
             tmp.unlink()
     return summary
+
+
+def _check_output(out: Path, inputs: list[Path]) -> None:
+    """Replace a Parquet file at `out`, never an input, a directory or a file of another kind."""
+    if out.is_dir():
+        raise DistillError(f"--output {out}: is a directory; give the Parquet file to write")
+    if out.exists() and any(os.path.realpath(out) == os.path.realpath(p) for p in inputs):
+        raise DistillError(f"--output {out}: is an input file; write the predictions elsewhere")
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(4) != b"PAR1":
+                raise DistillError(f"--output {out}: exists and is not a Parquet file; distill will not replace it")
