@@ -6,7 +6,17 @@
     >>> run.metrics["student"]["test"], run.metrics["baseline"]["test"]
     >>> distill.load_run("runs/example").predict("new.parquet")
 """
+import os
+import sys
+
 __version__ = "0.1.0"
+
+# `python -m distill` (and torchrun's workers) put the working directory first on sys.path, so a
+# stray `yaml.py` or `evilpkg.py` beside the user would be imported by us or by a `module:` model.
+# While a `-m` module is being located sys.argv[0] is "-m"; drop that entry before importing
+# anything else. An entry the user put there (PYTHONPATH=.) comes later and stays.
+if sys.argv[:1] == ["-m"] and not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
 
 from distill.config import Config, config_from_dict, load_config  # noqa: E402
 from distill.errors import DistillError  # noqa: E402

@@ -147,10 +147,14 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all).")) -> None:
     """Metrics of the run's teacher, student and baseline on its splits or on new data."""
-    from distill.run import load_run
-    r = load_run(run)
+    from distill.run import ROLES, load_run
+    for name in role or []:
+        if name not in ROLES:
+            raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")
+    r = load_run(run, roles=role or None)  # a model left out is not built (nor its `module:` imported)
     result = r.evaluate(data)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -250,6 +254,11 @@ def validate(config: Path = typer.Argument(..., help="The YAML config."),
 # ----------------------------------------------------------------------------- serving the student
 
 
+TrustTorchScriptOption = typer.Option(
+    False, "--trust-torchscript",
+    help="Load a TorchScript export. It is code and can do anything: only for one you trust (ONNX is data).")
+
+
 @app.command("export")
 @guarded
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
@@ -271,7 +280,8 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (an existing Parquet file "
                                                           "is replaced; never an input or another kind of file)."),
             keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
-            chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file.")) -> None:
+            chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
+            trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
     from distill.serving.exported import load_model
     from distill.serving.predict import score
@@ -281,7 +291,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
         err.print(f"ignoring {len(s.ignored)} column(s) the student does not read: {', '.join(s.ignored)}{priv}",
                   highlight=False, soft_wrap=True)
 
-    summary = score(load_model(run), data, output, keep=keep, chunk_rows=chunk_rows, on_ignored=said_once)
+    summary = score(load_model(run, trust_torchscript=trust_torchscript), data, output, keep=keep, chunk_rows=chunk_rows, on_ignored=said_once)
     out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{output}[/]")
 
 
@@ -291,12 +301,13 @@ def serve(run: Path = typer.Argument(..., help="A run directory or an exported m
           host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
           port: int = typer.Option(8000, help="Port."),
           fmt: str = typer.Option("onnx", "--format", help="Runtime when RUN is a run directory: onnx or torchscript."),
-          threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's).")) -> None:
+          threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's)."),
+          trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs)."""
     import uvicorn
     from distill.serving.exported import load_model
     from distill.serving.service import create_app
-    uvicorn.run(create_app(load_model(run, fmt, threads)), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(load_model(run, fmt, threads, trust_torchscript)), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

@@ -330,7 +330,7 @@ def _teacher_run(cfg: Config) -> "Run":
         path = path.parent
     if not (path / "teacher.safetensors").is_file():
         raise DistillError(f"distillation.teacher_checkpoint: {path} holds no teacher.safetensors (give a run directory)")
-    run = load_run(path)
+    run = load_run(path, roles=("teacher",))
     theirs = {f["name"]: f["type"] for f in run.schema["serving"] + run.schema["privileged"]}
     for f in cfg.features:
         if theirs.get(f.name) != f.type:
@@ -399,8 +399,12 @@ class Run:
         return out
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a run directory written by `train` (no training data needed)."""
+def load_run(path: str | Path, roles: tuple[str, ...] | list[str] | None = None) -> Run:
+    """Load a run directory written by `train` (no training data needed).
+
+    `roles` (default: every checkpoint there) says which models to build: a `module:` model's
+    factory is imported to build it, so serving the student must not build the teacher.
+    """
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise DistillError(f"{path}: not a distill run directory (no config.yaml)")
@@ -415,7 +419,7 @@ def load_run(path: str | Path) -> Run:
     run = Run(path, cfg, encoders, schema_d, metrics_d)
     for role in ROLES:
         f = path / f"{role}.safetensors"
-        if not f.is_file():
+        if not f.is_file() or (roles is not None and role not in roles):
             continue
         model, names = build(cfg, encoders, role, 0)
         try:

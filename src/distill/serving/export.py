@@ -131,7 +131,8 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
     """
     if fmt not in FORMATS:
         raise DistillError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
-    run = run if isinstance(run, Run) else load_run(run)
+    if not isinstance(run, Run):  # the serving model alone: a teacher's `module:` factory is never imported
+        run = load_run(run, roles=("student",) if (Path(run) / "student.safetensors").is_file() else ("baseline",))
     role = serving_role(run)
     if role not in run.models:
         raise DistillError(f"{run.path}: the run holds no student or baseline checkpoint to export")
