@@ -36,7 +36,10 @@ def _categories(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if pa.types.is_floating(col.type):
-        col = _integral_floats(pc.if_else(pc.is_finite(col), col, None), name, where)
+        finite = pc.is_finite(col)
+        if pc.any(pc.invert(finite)).as_py():
+            col = pc.if_else(finite, col, None)
+        col = _integral_floats(col, name, where)
     if pa.types.is_integer(col.type):
         return pc.cast(col, pa.int64())
     try:
@@ -52,9 +55,10 @@ def _integral_floats(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedA
         return col  # 1.5 is a category too; its string form names it
     if whole is None:  # no value at all: nulls only
         return pc.cast(col, pa.int64())
-    big = pc.greater_equal(pc.abs(col), 2.0 ** 53)
-    n_big = pc.sum(big).as_py() or 0
-    if n_big:
+    lo, hi = pc.min_max(col).values()
+    if max(-lo.as_py(), hi.as_py()) >= 2.0 ** 53:
+        big = pc.greater_equal(pc.abs(col), 2.0 ** 53)
+        n_big = pc.sum(big).as_py()
         example = pc.filter(col, big)[0].as_py()
         raise DistillError(f"{where}: column '{name}' holds {n_big} float value(s) of magnitude 2^53 or more (e.g. {example:.17g}), "
                            f"which cannot be exact ids: store the ids as int64 or strings")
