@@ -255,7 +255,7 @@ def test_export_predict_and_report_on_a_full_disk_say_so_in_one_line(trained, fu
 def test_an_unforeseen_full_disk_is_one_line(trained, monkeypatch):
     import distill.run
 
-    def full(path):
+    def full(path, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
     monkeypatch.setattr(distill.run, "load_run", full)
     line = one_error_line(invoke("evaluate", trained[2]))

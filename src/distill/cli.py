@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distill.config import load_config
@@ -37,7 +38,7 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (DistillError, MissingFeatureError) as e:
-            err.print(f"[bold red]error:[/]{_rank_tag()} {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/]{_rank_tag()} {escape(str(e))}", highlight=False, soft_wrap=True)  # printed literally: a message may hold [brackets]
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
@@ -77,7 +78,7 @@ def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> 
     for role in metrics.values():
         for split in role.values():
             names += [k for k in split if k not in names and k != "skipped"]
-    table = Table(title=title)
+    table = Table(title=escape(title))  # a path may hold [brackets]
     table.add_column("model")
     table.add_column("split")
     for n in names:
@@ -88,7 +89,7 @@ def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> 
             if row is None:
                 continue
             if "skipped" in row:
-                table.add_row(role, split, f"skipped: {row['skipped']}", *[""] * (len(names) - 1))
+                table.add_row(role, split, escape(f"skipped: {row['skipped']}"), *[""] * (len(names) - 1))
                 continue
             table.add_row(role, split, *[f"{row[n]:.4f}" if n in row else "" for n in names])
         if "student" in metrics and "baseline" in metrics and split in metrics["student"] and "skipped" not in metrics["student"][split]:
@@ -116,8 +117,8 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
     run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
                     quiet=quiet, resume=resume is not None)
     if _is_main():  # under torchrun, rank 0 speaks for the job
-        out.print(metrics_table(run.metrics, f"{run.path}"))
-        out.print(f"run written to [bold]{run.path}[/]")
+        out.print(metrics_table(run.metrics, str(run.path)))
+        out.print(f"run written to [bold]{escape(str(run.path))}[/]")
         if not no_report:
             report_after(run.path)
 
@@ -138,7 +139,7 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
     output = output or default_output(cfg)
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
-    out.print(f"written to [bold]{output}[/]/compare.json and compare.md")
+    out.print(f"written to [bold]{escape(str(output))}[/]/compare.json and compare.md")
     if not no_report:
         report_after(output)
 
@@ -174,10 +175,10 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
     if output.exists() and any(output.iterdir()) and not (output / "data" / "config.yaml").is_file():
         raise DistillError(f"{output}: exists and is not a previous demo; choose another --output")
     cfg_path = write_demo_data(output / "data")
-    out.print(f"synthetic impression log and config written to {output / 'data'}")
+    out.print(f"synthetic impression log and config written to {output / 'data'}", markup=False)
     summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
     print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
-    out.print(f"details in [bold]{output / 'compare'}[/] (compare.md, one run directory per seed)")
+    out.print(f"details in [bold]{escape(str(output / 'compare'))}[/] (compare.md, one run directory per seed)")
     if not no_report:
         report_after(output / "compare")
 
@@ -191,9 +192,9 @@ def report_after(path: Path) -> None:
     try:
         report = write_report(path)
     except DistillError as e:
-        err.print(f"[yellow]no report:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]no report:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return
-    out.print(f"report: [bold]{report.html}[/] (and report.md, with the plots beside it)", soft_wrap=True)
+    out.print(f"report: [bold]{escape(str(report.html))}[/] (and report.md, with the plots beside it)", soft_wrap=True)
 
 
 @app.command()
@@ -205,8 +206,8 @@ def report(run: Path = typer.Argument(..., help="A run directory, or a compare d
     from distill.report import write_report
     r = write_report(run, output)
     for note in r.notes:
-        err.print(f"note: {note}", highlight=False)
-    out.print(f"written [bold]{r.html}[/] and {r.markdown.name}, plots: {', '.join(sorted(p.name for p in r.directory.glob('*.png')))}",
+        err.print(f"note: {note}", highlight=False, markup=False)
+    out.print(f"written [bold]{escape(str(r.html))}[/] and {escape(r.markdown.name)}, plots: {escape(', '.join(sorted(p.name for p in r.directory.glob('*.png'))))}",
               soft_wrap=True)
 
 
@@ -220,18 +221,18 @@ def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directo
     from distill.init import init_config
 
     def ask(columns: list[str]) -> str:
-        out.print("Cannot tell which column is the label. Columns: " + ", ".join(columns), highlight=False)
+        out.print("Cannot tell which column is the label. Columns: " + ", ".join(columns), highlight=False, markup=False)
         return typer.prompt("label column")
 
     g = init_config(data, output, label=label, force=force, ask=ask if sys.stdin.isatty() else None)
-    table = Table(title=f"{output}: label '{g.label}' ({g.task})", title_justify="left")
+    table = Table(title=escape(f"{output}: label '{g.label}' ({g.task})"), title_justify="left")
     for col in ("column", "type", "why"):
         table.add_column(col)
     for c in g.columns:
-        table.add_row(c.name, c.type or "[dim]left out[/]", c.why)
+        table.add_row(escape(c.name), c.type or "[dim]left out[/]", escape(c.why))
     out.print(table)
     out.print(f"Next: check the types, set [bold]privileged: true[/] on the columns that are missing at serving time, "
-              f"then [bold]distill validate {output}[/].")
+              f"then [bold]distill validate {escape(str(output))}[/].")
 
 
 @app.command()
@@ -247,7 +248,7 @@ def validate(config: Path = typer.Argument(..., help="The YAML config."),
     if strict and v.warnings:
         err.print(f"{len(v.warnings)} warning(s) and --strict: exit 1")
         raise typer.Exit(1)
-    out.print(f"[green]ok:[/] {config} and its data fit together; nothing was trained.", highlight=False)
+    out.print(f"[green]ok:[/] {escape(str(config))} and its data fit together; nothing was trained.", highlight=False)
 
 
 
@@ -269,8 +270,8 @@ def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
     from distill.serving.export import export
     d = export(run, fmt, out_dir)
     for c in json.loads((d / "manifest.json").read_text())["leak_check"]["checks"]:
-        out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False)
-    out.print(f"exported to [bold]{d}[/]")
+        out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False, markup=False)
+    out.print(f"exported to [bold]{escape(str(d))}[/]")
 
 
 @app.command()
@@ -284,15 +285,17 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
     from distill.serving.exported import load_model
-    from distill.serving.predict import score
+    from distill.serving.predict import check_output, score
 
     def said_once(s) -> None:
         priv = f" (privileged: {', '.join(s.ignored_privileged)})" if s.ignored_privileged else ""
         err.print(f"ignoring {len(s.ignored)} column(s) the student does not read: {', '.join(s.ignored)}{priv}",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=False)
 
-    summary = score(load_model(run, trust_torchscript=trust_torchscript), data, output, keep=keep, chunk_rows=chunk_rows, on_ignored=said_once)
-    out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{output}[/]")
+    check_output(output)  # before an on-the-fly export, not after it
+    summary = score(load_model(run, trust_torchscript=trust_torchscript), data, output, keep=keep, chunk_rows=chunk_rows,
+                    on_ignored=said_once)
+    out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{escape(str(output))}[/]")
 
 
 @app.command()

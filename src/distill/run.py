@@ -130,8 +130,9 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                                 "world_size": distributed.world(),
                                 "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
                                 "filled_values": splits.train_missing or {}}
-        for n, c in (splits.train_missing or {}).items():
-            log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged")
+        for n, c in (splits.train_missing or {}).items():  # a category's NaN and inf count here too
+            how = "filled and flagged" if splits.encoders.features[n].kind == "numeric" else "read as missing (the out-of-vocabulary bucket)"
+            log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, {how}")
         label = splits.encoders.label
         models, features = _build_all(cfg, splits.encoders, teacher_run)
         distributed.seed_rank(seed)

@@ -43,6 +43,7 @@ class ExportedModel:
             raise DistillError(f"{self.directory}: not an exported model (no manifest.json)")
         try:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
+            check_manifest(path, self.manifest)
             self.format: str = self.manifest["format"]
             if self.format == "torchscript" and not trust_torchscript:
                 raise DistillError(TORCHSCRIPT_IS_CODE.format(where=self.directory))
@@ -52,7 +53,7 @@ class ExportedModel:
                     raise DistillError(f"{path}: sha256 key '{key}' is not a file name inside the export")
             # Each file is read once, checked against the manifest, and loaded from those bytes.
             graph_bytes = self._verified(self.manifest["file"])
-            self.encoders = Encoders.from_dict(json.loads(self._verified("encoders.json")))
+            self.encoders = load_encoders(self.directory / "encoders.json", self.manifest, self._verified("encoders.json"))
         except (OSError, KeyError, json.JSONDecodeError) as e:
             raise DistillError(f"{self.directory}: the export is incomplete or corrupt ({e})") from None
         self.names: list[str] = [f["name"] for f in self.manifest["serving"]]
@@ -196,6 +197,62 @@ def _plain_name(directory: Path, name: str) -> bool:
     if not name or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
         return False
     return (directory / name).resolve().parent == directory.resolve()
+
+
+# ---------------------------------------------------------------------- a corrupt export is one line
+
+_JSON = {dict: "an object", list: "a list", str: "a string"}
+
+
+def check_manifest(path: Path, manifest: Any) -> None:
+    """The keys the loader reads, in the shapes it reads them: a hand-edited or damaged manifest
+    is one line naming the key, not a KeyError or TypeError later on."""
+    if not isinstance(manifest, dict):
+        raise DistillError(f"{path}: expected a JSON object, found {_JSON.get(type(manifest), type(manifest).__name__)}")
+    for key, kind in (("format", str), ("file", str), ("sha256", dict), ("task", dict), ("serving", list), ("outputs", list)):
+        if key not in manifest:
+            raise DistillError(f"{path}: missing key '{key}'")
+        if not isinstance(manifest[key], kind):
+            raise DistillError(f"{path}: '{key}' must be {_JSON[kind]}")
+    for i, f in enumerate(manifest["serving"]):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in ROW_TYPES:
+            raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(ROW_TYPES)})")
+
+
+def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders:
+    """encoders.json (`data`, its verified bytes), checked against itself and against the
+    manifest's serving features."""
+    raw = json.loads(data)
+    if not isinstance(raw, dict) or not isinstance(raw.get("features"), list) or not isinstance(raw.get("label"), dict):
+        raise DistillError(f"{path}: expected an object with 'features' (a list) and 'label' (an object)")
+    by_name: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(raw["features"]):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("kind") not in ROW_TYPES:
+            raise DistillError(f"{path}: features[{i}] must be an object with a 'name' and a 'kind' ({', '.join(ROW_TYPES)})")
+        by_name[f["name"]] = f
+        if f["kind"] == "numeric":
+            for key in ("mean", "std"):
+                if not isinstance(f.get(key, 0.0), (int, float)) or not np.isfinite(f.get(key, 0.0)):
+                    raise DistillError(f"{path}: features[{i}] ('{f['name']}'): '{key}' must be a finite number")
+            continue
+        vocab, buckets = f.get("vocab"), f.get("hash_buckets")
+        if buckets is not None:
+            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): 'hash_buckets' must be a positive integer")
+        elif not isinstance(vocab, list):
+            raise DistillError(f"{path}: features[{i}] ('{f['name']}'): needs a 'vocab' list or 'hash_buckets'")
+        else:
+            bad = next((j for j, v in enumerate(vocab) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): vocab[{bad}] is {json.dumps(vocab[bad])}; "
+                                   f"the vocabulary holds strings only (missing values go to the out-of-vocabulary bucket)")
+    for f in manifest["serving"]:
+        enc = by_name.get(f["name"])
+        if enc is None:
+            raise DistillError(f"{path}: no encoder for serving feature '{f['name']}' (listed in manifest.json)")
+        if enc["kind"] != f["type"]:
+            raise DistillError(f"{path}: feature '{f['name']}' is {enc['kind']} here but {f['type']} in manifest.json")
+    return Encoders.from_dict(raw)
 
 
 def load_model(source: str | Path, fmt: str = "onnx", threads: int | None = None,
