@@ -124,7 +124,7 @@ def test_report_of_a_compare_directory(run_dir: Path, tmp_path: Path):
     md = r.markdown.read_text()
     assert r.directory == comp / "report" and "seed_3" in md
     gain = metrics["student"]["test"]["auc"] - metrics["baseline"]["test"]["auc"]
-    assert f"{gain:+.4f} ± 0.0000" in md  # the gain row comes from compare.json
+    assert f"| **gain** (student − baseline) | {gain:+.4f} |" in md  # the gain row comes from compare.json
 
 
 def test_report_errors_are_one_line(tmp_path: Path):
