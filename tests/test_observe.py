@@ -59,6 +59,7 @@ def test_train_writes_the_report_with_valid_pngs(run_dir: Path):
     html = (report / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(pngs)  # self-contained
     assert "<table>" in html and "gain" in html
+    assert "**Verdict** — auc:" in md and "paired bootstrap over" in md  # one run: the bootstrap verdict
     assert not list(run_dir.glob("report.partial")) and not list(run_dir.glob("report.old"))
 
 

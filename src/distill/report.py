@@ -137,14 +137,14 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
             doc.p(line)
     if run.metrics:
         doc.h2("Metrics of this run" if not summary else f"Metrics of {run_dir.name}")
-        if not summary:
-            v = results.run_verdict(run_dir, run.metrics, results.primary_metric(cfg), cfg.task.type)
-            if v.get("headline"):
-                doc.p(f"**Verdict** — {v['headline']}")
+        # one run: its verdict from the paired bootstrap over its test rows (a compare has its own above)
+        verdict = {} if summary else results.run_verdict(run_dir, run.metrics, results.primary_metric(cfg), cfg.task.type)
+        if verdict.get("headline"):
+            doc.p(f"**Verdict** — {verdict['headline']}")
         doc.table(*results.metric_rows(run.metrics))
-        if not summary and v:
-            doc.p(results.notes(v, list(v["metrics"]))[0])
-            for m, why in v["left_out"].items():
+        if verdict:
+            doc.p(results.notes(verdict, list(verdict["metrics"]))[0])
+            for m, why in verdict["left_out"].items():
                 _note(doc, report, f"{m} left out of the verdict: {why}")
 
     _figure(doc, report, "Loss terms", "losses", plots.plot_losses(steps, out / "losses.png"), "loss terms over steps",
