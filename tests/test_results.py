@@ -120,3 +120,10 @@ def test_one_seed_without_predictions_has_no_verdict():
     summary = summarize(_seed_metrics([0.8], [0.7], [0.75]), "test", "auc")
     assert summary["verdict"]["metrics"]["auc"]["verdict"] is None
     assert summary["verdict"]["headline"].startswith("auc: no verdict")
+
+
+def test_a_corrupt_predictions_file_is_one_clear_error(tmp_path):
+    (tmp_path / results.PREDICTIONS).write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(results.DistillError, match="test_predictions.npz: cannot read the test predictions"):
+        results.read_predictions(tmp_path)
+    assert results.read_predictions(tmp_path / "nowhere") is None

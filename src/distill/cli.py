@@ -129,7 +129,7 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
             set_: Optional[list[str]] = SetOption,
             quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
             no_report: bool = NoReportOption) -> None:
-    """Distilled student vs the baseline over seeds: mean ± std, gain, share of the gap closed."""
+    """Distilled student vs the baseline over seeds: mean ± std, the gain with its 95% interval and verdict, gap closed."""
     from distill.compare import compare as run_compare, to_markdown
     cfg = load_config(config, parse_overrides(set_))
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)

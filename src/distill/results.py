@@ -22,11 +22,13 @@ No torch here: this module reads JSON and numpy arrays only.
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from distill.errors import DistillError
 from distill.metrics import HIGHER_IS_BETTER, default_metric
 
 GAIN, NO_GAIN, HARM = "gain", "no gain (within noise)", "harm"
@@ -200,8 +202,11 @@ def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # a truncated or foreign file
+        raise DistillError(f"{path}: cannot read the test predictions ({e})") from None
 
 
 # ----------------------------------------------------------------------------- verdicts
