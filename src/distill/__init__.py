@@ -33,4 +33,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'distill' has no attribute '{name}'")
 
 
-__all__ = ["Config", "DistillError", "compare", "config_from_dict", "load_config", "load_run", "train"]
+__all__ = ["Config", "DistillError", "Run", "compare", "config_from_dict", "load_config", "load_run", "train"]
+
+
+def __dir__() -> list[str]:
+    # the lazy names above are not in the module's dict until first use; list them anyway
+    return sorted(set(globals()) | set(__all__))

@@ -73,51 +73,58 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> Table:
-    splits = [s for s in ("train", "valid", "test", "data") if any(s in v for v in metrics.values())]
-    names: list[str] = []
-    for role in metrics.values():
-        for split in role.values():
-            names += [k for k in split if k not in names and k != "skipped"]
+    from distill.results import metric_rows
+    header, rows = metric_rows(metrics, bold=("[bold]", "[/]"))
     table = Table(title=escape(title))  # a path may hold [brackets]
-    table.add_column("model")
-    table.add_column("split")
-    for n in names:
-        table.add_column(n, justify="right")
-    for split in splits:
-        for role, by_split in metrics.items():
-            row = by_split.get(split)
-            if row is None:
-                continue
-            if "skipped" in row:
-                table.add_row(role, split, escape(f"skipped: {row['skipped']}"), *[""] * (len(names) - 1))
-                continue
-            table.add_row(role, split, *[f"{row[n]:.4f}" if n in row else "" for n in names])
-        if "student" in metrics and "baseline" in metrics and split in metrics["student"] and "skipped" not in metrics["student"][split]:
-            s, b = metrics["student"][split], metrics["baseline"][split]
-            table.add_row("[bold]gain[/] (student − baseline)", split, *[f"{s[n] - b[n]:+.4f}" if n in s and n in b else "" for n in names])
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i >= 2 else "left")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
+def print_verdict(v: dict[str, Any]) -> None:
+    if v.get("headline"):
+        out.print(f"[bold]verdict[/] — {v['headline']}", highlight=False, soft_wrap=True)
+    for m, why in (v.get("left_out") or {}).items():
+        out.print(f"note: {m} left out: {why}", highlight=False, soft_wrap=True)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from distill import __version__
+        print(f"distill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, metavar="",
+                                               help="Print the version and exit.")) -> None:
+    """Knowledge distillation for recommendation and classification."""
+
+
 SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
-NoReportOption = typer.Option(False, "--no-report", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
+NoReportOption = typer.Option(False, "--no-report", metavar="", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
 
 
 @app.command()
 @guarded
 def train(config: Path = typer.Argument(..., help="The YAML config."),
           output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
-          overwrite: bool = typer.Option(False, help="Replace an existing run directory (only one distill wrote), "
+          overwrite: bool = typer.Option(False, metavar="", help="Replace an existing run directory (only one distill wrote), "
                                                      "or discard an interrupted run's checkpoints."),
           resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
           set_: Optional[list[str]] = SetOption,
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
           no_report: bool = NoReportOption) -> None:
     """Train teacher, student and the no-distillation baseline; write a run directory."""
     from distill.run import train as train_run
     run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
                     quiet=quiet, resume=resume is not None)
     if _is_main():  # under torchrun, rank 0 speaks for the job
+        from distill.results import primary_metric, run_verdict
         out.print(metrics_table(run.metrics, str(run.path)))
+        print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
         out.print(f"run written to [bold]{escape(str(run.path))}[/]")
         if not no_report:
             report_after(run.path)
@@ -129,11 +136,11 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
             seeds: int = typer.Option(5, help="How many seeds (train.seed, train.seed + 1, ...)."),
             output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go "
                                                   "(default: OUTPUT/compare, OUTPUT the config's `output`)."),
-            overwrite: bool = typer.Option(False, help="Replace an existing compare directory."),
+            overwrite: bool = typer.Option(False, metavar="", help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+            quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
             no_report: bool = NoReportOption) -> None:
-    """Distilled student vs the baseline over seeds: mean ± std, gain, share of the gap closed."""
+    """Distilled student vs the baseline over seeds: mean ± std, the gain with its 95% interval and verdict, gap closed."""
     from distill.compare import compare as run_compare, default_output, to_markdown
     cfg = load_config(config, parse_overrides(set_))
     output = output or default_output(cfg)
@@ -148,7 +155,7 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+             as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
              role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all).")) -> None:
     """Metrics of the run's teacher, student and baseline on its splits or on new data."""
     from distill.run import ROLES, load_run
@@ -167,7 +174,7 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
 @guarded
 def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's data and runs go."),
          seeds: int = typer.Option(3, help="Seeds for the comparison."),
-         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
          no_report: bool = NoReportOption) -> None:
     """Generate a synthetic e-commerce log with privileged features and run `compare` on it."""
     from distill.compare import compare as run_compare, to_markdown
@@ -216,7 +223,7 @@ def report(run: Path = typer.Argument(..., help="A run directory, or a compare d
 def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directory / glob) with the training data."),
          output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Where to write the config."),
          label: Optional[str] = typer.Option(None, help="The label column (default: guessed; asked on a terminal)."),
-         force: bool = typer.Option(False, "--force", help="Replace an existing config file.")) -> None:
+         force: bool = typer.Option(False, "--force", metavar="", help="Replace an existing config file.")) -> None:
     """Write a commented starter config from a table's columns (types and label guessed, nothing privileged)."""
     from distill.init import init_config
 
@@ -239,7 +246,7 @@ def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directo
 @guarded
 def validate(config: Path = typer.Argument(..., help="The YAML config."),
              set_: Optional[list[str]] = SetOption,
-             strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too.")) -> None:
+             strict: bool = typer.Option(False, "--strict", metavar="", help="Exit 1 on warnings too.")) -> None:
     """Check the config against the data without training; print what would be trained."""
     from distill.validate import render, validate as run_validate
     cfg = load_config(config, parse_overrides(set_))
@@ -256,7 +263,7 @@ def validate(config: Path = typer.Argument(..., help="The YAML config."),
 
 
 TrustTorchScriptOption = typer.Option(
-    False, "--trust-torchscript",
+    False, "--trust-torchscript", metavar="",
     help="Load a TorchScript export. It is code and can do anything: only for one you trust (ONNX is data).")
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import outputs, plots
+from distill import outputs, plots, results
 from distill.errors import DistillError
 from distill.metrics import HIGHER_IS_BETTER
 
@@ -117,13 +117,24 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
 
     if summary:
         doc.h2(f"Gain over {summary['seeds']} seed(s), {summary['split']} split")
-        doc.table(*_compare_table(summary))
-        doc.p("Gain = student − baseline, paired by seed (same initialisation and data order). "
-              "Gap closed = (student − baseline) / (teacher − baseline), on the means. Better is: "
-              + ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in summary["student"]) + ".")
+        v = summary.get("verdict") or {}
+        if v.get("headline"):
+            doc.p(f"**Verdict** — {v['headline']}")
+        header, rows = results.summary_rows(summary)
+        doc.table(header, rows)
+        for line in results.notes(v, header[1:]):
+            doc.p(line)
     if run.metrics:
         doc.h2("Metrics of this run" if not summary else f"Metrics of {run_dir.name}")
-        doc.table(*_metrics_table(run.metrics))
+        # one run: its verdict from the paired bootstrap over its test rows (a compare has its own above)
+        verdict = {} if summary else results.run_verdict(run_dir, run.metrics, results.primary_metric(cfg), cfg.task.type)
+        if verdict.get("headline"):
+            doc.p(f"**Verdict** — {verdict['headline']}")
+        doc.table(*results.metric_rows(run.metrics))
+        if verdict:
+            doc.p(results.notes(verdict, list(verdict["metrics"]))[0])
+            for m, why in verdict["left_out"].items():
+                _note(doc, report, f"{m} left out of the verdict: {why}")
 
     _figure(doc, report, "Loss terms", "losses", plots.plot_losses(steps, out / "losses.png"), "loss terms over steps",
             "Faint: every logged step; solid: smoothed. L_s and L_t are the hard-label losses of student and "
@@ -191,34 +202,6 @@ def _setup(run: Any, info: dict) -> str:
     if info.get("shared_tables"):
         parts.append(f"Shared embedding tables: {', '.join(info['shared_tables'])}.")
     return " ".join(parts)
-
-
-def _metrics_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    names: list[str] = []
-    for by_split in metrics.values():
-        for row in by_split.values():
-            names += [k for k in row if k not in names]
-    rows = []
-    for split in ("valid", "test", "train"):
-        for role in ("teacher", "student", "baseline"):
-            row = metrics.get(role, {}).get(split)
-            if row:
-                rows.append([role, split] + [f"{row[n]:.4f}" if n in row else "" for n in names])
-        s, b = metrics.get("student", {}).get(split), metrics.get("baseline", {}).get(split)
-        if s and b:
-            rows.append(["**gain** (student − baseline)", split] + [f"{s[n] - b[n]:+.4f}" if n in s and n in b else "" for n in names])
-    return ["model", "split"] + names, rows
-
-
-def _compare_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    names = list(summary["student"])
-    rows = [[role] + [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names]
-            for role in ("teacher", "baseline", "student") if role in summary]
-    if "gain" in summary:
-        rows.append(["**gain** (student − baseline)"] + [f"{summary['gain'][m]['mean']:+.4f} ± {summary['gain'][m]['std']:.4f}" for m in names])
-    if "gap_closed" in summary:
-        rows.append(["gap closed"] + ["–" if summary["gap_closed"][m] is None else f"{100 * summary['gap_closed'][m]:.0f}%" for m in names])
-    return ["model"] + names, rows
 
 
 def _calibration(run: Any, path: Path, doc: "Doc", report: Report) -> list[plots.Series]:

@@ -10,6 +10,7 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     steps.jsonl          one line per step: phase, step, epoch, λ, lr, L_s, L_d, L_t, loss
     events.out.tfevents.* the same curves and the validation metrics for TensorBoard
     evals.jsonl          validation metrics at each evaluation
+    test_predictions.npz label, group and each model's output per test row (the bootstrap verdict, distill.results)
     run.json             timings, shared tables, filled values, warnings, versions, world size
 
 Under `torchrun --nproc_per_node=N -m distill train CONFIG` the same function runs on every rank;
@@ -43,7 +44,7 @@ from distill.data.loader import InMemoryLoader
 from distill.data.stream import StreamingLoader
 from distill.training.asynchronous import train_async_student
 from distill.training.checkpoint import Checkpoints, atomic_write, require_good
-from distill.training.common import RunLog, evaluate, predict_logits, to_output
+from distill.training.common import RunLog, evaluate, label_values, predict_logits, to_output
 from distill.training.single import train_single
 from distill.training.sync import train_sync
 
@@ -189,6 +190,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
 
         def finish() -> None:
             _write_run(partial, cfg, splits.encoders, models, results, info)
+            write_test_predictions(partial, models, features, splits)  # for the bootstrap verdict (distill.results)
             log.close()
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: weights are saved
             publish(partial, output)
@@ -324,6 +326,28 @@ def _write_run(d: Path, cfg: Config, encoders: Encoders, models: dict[str, nn.Mo
     (d / "run.json").write_text(json.dumps(info, indent=2, default=float))
 
 
+PREDICTION_ROWS = 200_000  # a larger test split is subsampled (fixed seed): the interval only gets a little wider
+
+
+def write_test_predictions(d: Path, models: dict[str, nn.Module], features: dict[str, list[str]], splits: Splits) -> None:
+    """test_predictions.npz: label, group and each model's output per test row, so that the paired
+    bootstrap of `distill.results` can resample the same rows for student and baseline."""
+    test = splits.test
+    if test is None or test.y is None:
+        return
+    label = splits.encoders.label
+    rows = np.arange(len(test))
+    if len(rows) > PREDICTION_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(len(rows), PREDICTION_ROWS, replace=False))
+    arrays = {"y": label_values(test, label)[rows]}
+    if test.group is not None:
+        arrays["group"] = test.group[rows]
+    for role, model in models.items():
+        arrays[role] = to_output(predict_logits(model, test, features[role]), label)[rows]
+    with open(d / "test_predictions.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 def _teacher_run(cfg: Config) -> "Run":
     """The trained teacher named by distillation.teacher_checkpoint (a run directory)."""
     path = Path(cfg.distillation.teacher_checkpoint)
@@ -363,18 +387,19 @@ class Run:
     def serving_features(self) -> list[str]:
         return self.features.get("student") or self.features["baseline"]
 
-    def predict(self, data: str | Path | pa.Table, role: str = "student") -> np.ndarray:
+    def predict(self, data: Any, role: str = "student") -> np.ndarray:
         """Probabilities (binary), class probabilities (multiclass) or values (regression).
+
+        `data`: a path (Parquet or CSV), a pyarrow Table, a pandas DataFrame or a list of row dicts.
 
         The student reads serving features only; other columns of `data` are ignored.
         """
-        table = data if isinstance(data, pa.Table) else read_table(str(data))
-        where = "data" if isinstance(data, pa.Table) else str(data)
+        table, where = as_table(data)
         names = self.features[role]
         enc = self.encoders.encode(self.config, table, where, features=names, label=False)
         return to_output(predict_logits(self.models[role], enc, names), self.encoders.label)
 
-    def evaluate(self, data: str | Path | pa.Table | None = None) -> dict[str, dict[str, Any]]:
+    def evaluate(self, data: Any = None) -> dict[str, dict[str, Any]]:
         """Metrics of each model on `data` (default: the run's valid and test splits).
 
         A model whose features are missing from the data (the teacher without privileged columns)
@@ -385,8 +410,8 @@ class Run:
             tables = {s: read_table(p, self.config.data.format) for s, p in specs.items()}
             wheres = specs
         else:
-            tables = {"data": data if isinstance(data, pa.Table) else read_table(str(data))}
-            wheres = {"data": "data" if isinstance(data, pa.Table) else str(data)}
+            table, where = as_table(data)
+            tables, wheres = {"data": table}, {"data": where}
         out: dict[str, dict[str, Any]] = {}
         for role, model in self.models.items():
             out[role] = {}
@@ -398,6 +423,26 @@ class Run:
                 enc = self.encoders.encode(self.config, table, wheres[split], features=self.features[role])
                 out[role][split] = evaluate(model, enc, self.features[role], self.encoders.label)
         return out
+
+
+def as_table(data: Any) -> tuple[pa.Table, str]:
+    """(table, how to name it in messages) from a path, a pyarrow Table, a pandas DataFrame (or any
+    object with the Arrow stream interface) or a list of row dicts."""
+    if isinstance(data, pa.Table):
+        return data, "data"
+    if isinstance(data, (str, Path)):
+        return read_table(str(data)), str(data)
+    if type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):  # pandas is not a dependency
+        return pa.Table.from_pandas(data, preserve_index=False), "DataFrame"
+    if hasattr(data, "__arrow_c_stream__"):  # polars, pyarrow readers, ...
+        return pa.table(data), type(data).__name__
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        try:
+            return pa.Table.from_pylist(data), "rows"
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise DistillError(f"rows: cannot make a table of them ({e})") from None
+    raise TypeError(f"data: expected a path, a pyarrow Table, a pandas DataFrame or a non-empty list of row dicts, "
+                    f"not {type(data).__name__}")
 
 
 def load_run(path: str | Path, roles: tuple[str, ...] | list[str] | None = None) -> Run:
