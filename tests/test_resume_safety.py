@@ -94,7 +94,7 @@ def test_a_checkpoint_without_a_fingerprint_that_does_not_fit_is_one_line(tmp_pa
     interrupted(tmp_path, raw)
     for ck in (tmp_path / "run.partial" / "checkpoints").glob("ckpt-*.pt"):
         state = torch.load(ck, weights_only=True)
-        del state["fingerprint"]
+        state.pop("fingerprint", None)
         buf = io.BytesIO()
         torch.save(state, buf)
         ck.write_bytes(buf.getvalue())
@@ -130,7 +130,7 @@ def step_keys(directory):
 
 def test_after_sigkill_and_resume_every_log_holds_each_step_once(tmp_path):
     pytest.importorskip("tensorboard")
-    raw = config(tmp_path, epochs=4, checkpoint_every=3)
+    raw = config(tmp_path, epochs=2, checkpoint_every=2)
     raw["output"] = str(tmp_path / "killed")
     cfg_file = write_config(tmp_path, raw)
     proc = subprocess.Popen([sys.executable, "-m", "distill", "train", str(cfg_file), "-q", "--no-report"],
@@ -149,12 +149,18 @@ def test_after_sigkill_and_resume_every_log_holds_each_step_once(tmp_path):
     r = invoke("train", cfg_file, "-q", "--no-report", "--resume", tmp_path / "killed")
     assert r.exit_code == 0, r.output
 
-    raw["output"] = str(tmp_path / "ref")
-    train(cfg_of(raw), quiet=True)
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    assert step_keys(killed) == step_keys(ref)  # no holes, no repeats, in order
-    assert tensorboard_points(killed) == tensorboard_points(ref)
-    assert len(list(killed.glob("events.out.tfevents.*"))) == 2  # the trimmed old file and the resumed one
+    run = tmp_path / "killed"
+    steps = step_keys(run)
+    for phase in ("sync", "baseline"):  # every step once, none missing, in order (log_every is 1)
+        assert [s for p, s in steps if p == phase] == list(range(sum(p == phase for p, _ in steps)))
+    points = tensorboard_points(run)
+    for p, s in steps:
+        assert points[f"{p}/L_s"].count(s) == 1
+    assert sorted(points["sync/L_s"] + points["baseline/L_s"]) == sorted(s for _, s in steps)
+    evals = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
+    for model in ("teacher", "student", "baseline"):
+        assert points[f"valid_auc/{model}"] == [e["step"] for e in evals if e["model"] == model]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # the trimmed old file and the resumed one
 
 
 # --------------------------------------------------------------------------- item 7: a full disk
@@ -260,3 +266,27 @@ def test_a_final_save_that_fails_without_checkpoints_says_what_was_lost(tmp_path
     assert "Traceback" not in r.output
     assert not (small_disk / "run.partial").exists() and not (small_disk / "run").exists()
 
+
+
+def test_trim_events_keeps_exactly_the_points_logged_before_the_checkpoint(tmp_path):
+    # Replayed steps would otherwise show twice: the killed process's file holds steps past the checkpoint.
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+    from distill.training.log import trim_events
+    w = SummaryWriter(str(tmp_path))
+    for s in range(10):
+        w.add_scalar("sync/L_s", float(s), s)
+        w.add_scalar("baseline/L_s", float(s), s)
+        if s == 5:
+            w.flush()
+            time.sleep(0.01)
+            until = time.time()
+            time.sleep(0.01)
+    w.close()
+    trim_events(tmp_path, until)
+    w = SummaryWriter(str(tmp_path))  # the resumed process logs 6.. again
+    for s in range(6, 10):
+        w.add_scalar("sync/L_s", float(s), s)
+    w.close()
+    points = tensorboard_points(tmp_path)
+    assert points == {"sync/L_s": list(range(10)), "baseline/L_s": list(range(6))}
