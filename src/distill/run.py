@@ -36,15 +36,17 @@ from torch import nn
 from distill import distributed, outputs, schema
 from distill.config import Config, config_from_dict, dump_config
 from distill.data.dataset import Encoders, Splits, load_splits
-from distill.data.io import read_table
+from distill.data.io import read_table, resolve_files
 from distill.errors import DistillError
 from distill.models import build_model
 from distill.models.parts import FeatureInfo, share_tables
 from distill.data.loader import InMemoryLoader
 from distill.data.stream import StreamingLoader
 from distill.training.asynchronous import train_async_student
-from distill.training.checkpoint import Checkpoints, atomic_write, require_good
+from distill.training.checkpoint import (Checkpoints, CheckpointError, atomic_write, data_fingerprint, disk_full,
+                                        require_good, write_failed)
 from distill.training.common import RunLog, evaluate, label_values, predict_logits, to_output
+from distill.training.log import trim_events
 from distill.training.single import train_single
 from distill.training.sync import train_sync
 
@@ -80,7 +82,11 @@ def publish(partial: Path, output: Path) -> None:
 
 def save_checkpoint(model: nn.Module, path: Path, cfg: Config, role: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata={"role": role, "config": json.dumps(cfg.model_dump(mode="json"))})
+    try:
+        save_model(model, str(tmp), metadata={"role": role, "config": json.dumps(cfg.model_dump(mode="json"))})
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written model must not stay behind (a full disk stays full)
+        raise
     os.replace(tmp, path)
 
 
@@ -146,7 +152,10 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             info["shared_tables"] = share_tables(models["teacher"], models["student"], common)
             log.info(f"sharing embedding tables: {', '.join(info['shared_tables']) or 'none'}")
 
-        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models, write=main)
+        # What the checkpoints were trained on, so a resume on other data is refused (only rank 0 reads them)
+        fingerprint = _fingerprint(cfg, splits.encoders) if main and cfg.train.checkpoint_every else None
+        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models, write=main,
+                           fingerprint=fingerprint, on_save=log.flush)
         if resume:
             _resume(ckpt, partial)
             for w in ckpt.warnings:
@@ -189,20 +198,38 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         results = {role: _evaluate_all(models[role], features[role], splits, label) for role in ROLES if role in models}
 
         def finish() -> None:
-            _write_run(partial, cfg, splits.encoders, models, results, info)
-            write_test_predictions(partial, models, features, splits)  # for the bootstrap verdict (distill.results)
-            log.close()
+            try:
+                _write_run(partial, cfg, splits.encoders, models, results, info)
+                try:  # for the bootstrap verdict (distill.results)
+                    write_test_predictions(partial, models, features, splits)
+                except OSError as e:
+                    raise write_failed(partial / "test_predictions.npz", e) from None
+                try:
+                    log.close()
+                except OSError as e:
+                    raise write_failed(partial / "steps.jsonl", e) from None
+            except DistillError as e:  # the disk filled up (or failed) with training done
+                for name in RUN_FILES:  # whole but useless without the rest; the checkpoints hold the models
+                    (partial / name).unlink(missing_ok=True)
+                if ckpt.files():
+                    raise CheckpointError(f"{e}; the trained models are kept in {partial / 'checkpoints'}: "
+                                          f"free some space and rerun with --resume {output}") from None
+                raise DistillError(f"{e}; the trained models are lost (train.checkpoint_every is off, "
+                                   "so nothing was kept to resume from)") from None
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: weights are saved
             publish(partial, output)
 
         distributed.on_main(finish)
     except BaseException as error:
-        log.close()
+        try:
+            log.close()
+        except Exception:  # a full disk (TensorBoard's thread re-raises its own): the error that got us here is the one to report
+            pass
         outputs.release(partial)
         e = distributed.peer_failure(error) or error  # a lost peer reads as one line, not a gloo traceback
         if main:  # rank 0 owns the run directory and decides what to keep
             if cfg.train.checkpoint_every and any((partial / "checkpoints").glob("ckpt-*.pt")):
-                if isinstance(e, DistillError):  # keep what can be resumed, and say how
+                if isinstance(e, DistillError) and not isinstance(e, CheckpointError):  # keep what can be resumed, and say how
                     raise DistillError(f"{e}; checkpoints kept in {partial}, continue with --resume {output}") from None
             else:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -233,6 +260,11 @@ def _resume(ckpt: Checkpoints, partial: Path) -> None:
         for role, sd in state["models"].items():
             ckpt.models[role].load_state_dict(sd)
         ckpt.completed, ckpt.resume = state["completed"], state["resume"]
+
+
+def _fingerprint(cfg: Config, encoders: Encoders) -> dict[str, Any]:
+    files = {split: resolve_files(spec) for split in ("train", "valid", "test") if (spec := getattr(cfg.data, split))}
+    return data_fingerprint(files, encoders.to_dict())
 
 
 def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoader":
@@ -288,12 +320,17 @@ def trim_logs(partial: Path, ckpt: Checkpoints) -> None:
             continue
         kept = []
         for line in path.read_text().splitlines():
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the last line, torn by the kill or a full disk: that step replays
+                continue
             done = rec["phase"] in ckpt.completed
             redo_from = current["step"] + (0 if name == "steps.jsonl" else 1) if current and rec["phase"] == current["phase"] else None
             if done or (redo_from is not None and rec["step"] < redo_from):
                 kept.append(line)
         atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
+    if ckpt.logged_until is not None:  # checkpoints before it carry no time: their events are left as they are
+        trim_events(partial, ckpt.logged_until)
 
 
 def _params(m: nn.Module) -> int:
@@ -311,19 +348,33 @@ def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label) 
     return out
 
 
+# What _write_run adds to the .partial beside config.yaml and the logs (removed again if it fails).
+RUN_FILES = ("schema.json", "encoders.json", *(f"{r}.safetensors" for r in ROLES), "metrics.json", "run.json",
+             "test_predictions.npz")
+
+
 def _write_run(d: Path, cfg: Config, encoders: Encoders, models: dict[str, nn.Module],
                results: dict, info: dict) -> None:
-    (d / "config.yaml").write_text(dump_config(cfg))
-    (d / "schema.json").write_text(json.dumps({
-        "task": cfg.task.model_dump(), "classes": encoders.label.classes,
-        "serving": [f.model_dump() for f in schema.serving(cfg)],
-        "privileged": [f.model_dump() for f in schema.privileged(cfg)],
-    }, indent=2))
-    encoders.save(d / "encoders.json")
-    for role, model in models.items():
-        save_checkpoint(model, d / f"{role}.safetensors", cfg, role)
-    (d / "metrics.json").write_text(json.dumps(results, indent=2))
-    (d / "run.json").write_text(json.dumps(info, indent=2, default=float))
+    """Each file whole or not at all (a full disk leaves no half file); a failure carries the path."""
+    files: list[tuple[str, Any]] = [
+        ("config.yaml", lambda p: atomic_write(p, dump_config(cfg).encode())),
+        ("schema.json", lambda p: atomic_write(p, json.dumps({
+            "task": cfg.task.model_dump(), "classes": encoders.label.classes,
+            "serving": [f.model_dump() for f in schema.serving(cfg)],
+            "privileged": [f.model_dump() for f in schema.privileged(cfg)],
+        }, indent=2).encode())),
+        ("encoders.json", lambda p: atomic_write(p, json.dumps(encoders.to_dict()).encode())),
+        *((f"{role}.safetensors", lambda p, m=model, r=role: save_checkpoint(m, p, cfg, r)) for role, model in models.items()),
+        ("metrics.json", lambda p: atomic_write(p, json.dumps(results, indent=2).encode())),
+        ("run.json", lambda p: atomic_write(p, json.dumps(info, indent=2, default=float).encode())),
+    ]
+    for name, write in files:
+        try:
+            write(d / name)
+        except Exception as e:  # safetensors reports a full disk as its own error type
+            if isinstance(e, OSError) or disk_full(e):
+                raise write_failed(d / name, e) from None
+            raise
 
 
 PREDICTION_ROWS = 200_000  # a larger test split is subsampled (fixed seed): the interval only gets a little wider
