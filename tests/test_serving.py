@@ -446,9 +446,13 @@ def _serve(run_dir: Path, tmp: Path, *flags: str):
     return proc, found.group(1), lines
 
 
-def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_ones(runs, tmp_path):
-    import httpx
+def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_ones(runs, tmp_path, monkeypatch):
     import signal
+    import tempfile
+
+    import httpx
+
+    from distill.serving.scratch import scratch_export
     scratch = tmp_path / f"distill-serve-{__import__('os').getuid()}"
     proc, base, lines = _serve(runs["dnn"].path, tmp_path)
     try:
@@ -466,21 +470,20 @@ def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_
     assert list(scratch.iterdir()) == [] and not list(tmp_path.glob("distill-export-*"))
 
     # SIGKILL leaves the export; the next start removes it, and nothing it did not make
-    proc, _, _ = _serve(runs["dnn"].path, tmp_path)
-    proc.kill()
+    proc, base, lines = _serve(runs["dnn"].path, tmp_path, "--no-access-log")
+    try:
+        assert httpx.get(f"{base}/health").status_code == 200
+    finally:
+        proc.kill()
     proc.wait(20)
+    proc.reader.join(10)
+    assert len(lines) == 1 and "GET /health" not in "".join(lines)  # --no-access-log: the ready line only
     leftover = list(scratch.glob("export-*"))
     assert len(leftover) == 1
     (scratch / "export-1-foreign").mkdir()  # no marker: not distill's
-    proc, base, lines = _serve(runs["dnn"].path, tmp_path, "--no-access-log")
-    try:
+    # what `distill serve RUN` does first when it starts again, in process (a third server costs seconds)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch_export(runs["dnn"].path, "onnx") as source:
         assert not leftover[0].exists() and (scratch / "export-1-foreign").is_dir()
-        assert len(list(scratch.glob("export-*"))) == 2  # this process's own, and the foreign one
-        assert httpx.get(f"{base}/health").status_code == 200
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
-    finally:
-        proc.kill()
-    proc.reader.join(10)
-    assert len(lines) == 1 and "GET /health" not in "".join(lines)  # --no-access-log: the ready line only
+        assert source.parent.parent == scratch and (source / "manifest.json").is_file()
     assert [p.name for p in scratch.iterdir()] == ["export-1-foreign"]
