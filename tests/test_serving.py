@@ -487,3 +487,15 @@ def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_
         assert not leftover[0].exists() and (scratch / "export-1-foreign").is_dir()
         assert source.parent.parent == scratch and (source / "manifest.json").is_file()
     assert [p.name for p in scratch.iterdir()] == ["export-1-foreign"]
+
+
+def test_serve_on_a_port_in_use_is_one_clear_line(onnx_dnn):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", str(onnx_dnn.directory), "--port", str(port)])
+    assert r.exit_code == 2 and f"--port {port}: cannot listen there" in r.output and "Traceback" not in r.output
