@@ -11,8 +11,8 @@ error is `{"error": "<one line>"}`: 413 for a body over `max_body_bytes` (refuse
 whole) or a list over `max_rows`, 415 for a body that is not JSON, 404/405 for a wrong route.
 Scoring runs on a worker thread, one batch at a time, so /health answers during a large batch.
 
-    >>> app = create_app(load_model("runs/demo/export-onnx"))           # doctest: +SKIP
-    >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    >>> app = create_app(load_model("runs/demo/export-onnx"), max_rows=1000)  # doctest: +SKIP
+    >>> run_service(app, "127.0.0.1", 8000, "the demo's student")   # prints where it listens
 """
 # No `from __future__ import annotations`: FastAPI must see the locally built Row class itself.
 import difflib
@@ -39,7 +39,7 @@ FIELD_TYPES: dict[str, Any] = {
     "numeric": Annotated[Union[float, None], Field(strict=True, allow_inf_nan=False)],
     "multi_categorical": Union[list[Category], StrictStr, None],
 }
-MAX_BODY_BYTES = 8 * 1024 * 1024  # about 60,000 rows of the demo's seven features
+MAX_BODY_BYTES = 8 * 1024 * 1024  # about 65,000 rows of the demo's seven features
 MAX_ROWS = 10_000
 DESCRIPTIONS = {
     "categorical": "a category (string or integer); unseen values use the out-of-vocabulary bucket",
@@ -97,7 +97,7 @@ def create_app(model: ExportedModel, max_body_bytes: int = MAX_BODY_BYTES, max_r
                access_log: Optional[Callable[[str], None]] = None) -> FastAPI:
     """The service; `access_log`, when given, gets one line per request (method, path, status, ms, rows)."""
     Row = row_model(model)
-    Rows = Annotated[list[Row], Field(max_length=max_rows)]  # type: ignore[valid-type]  # checked before the rows are
+    Rows = Annotated[list[Row], Field(max_length=max_rows)]  # type: ignore[valid-type]  # length checked before any row
     app = FastAPI(title=f"distill: {model.manifest['model']} student", version=model.manifest["versions"]["distill"],
                   description=f"Serves the {model.manifest['role']} on {len(model.names)} serving features "
                               f"({model.manifest['task']['type']} '{model.manifest['task']['label']}'). "
