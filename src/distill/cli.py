@@ -309,15 +309,27 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
 @guarded
 def serve(run: Path = typer.Argument(..., help="A run directory or an exported model."),
           host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-          port: int = typer.Option(8000, help="Port."),
+          port: int = typer.Option(8000, help="Port (0: a free one, named in the line printed when ready)."),
           fmt: str = typer.Option("onnx", "--format", help="Runtime when RUN is a run directory: onnx or torchscript."),
           threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's)."),
+          max_body_bytes: int = typer.Option(8 * 1024 * 1024, min=1, help="Largest request body; beyond it 413, before it is read whole."),
+          max_rows: int = typer.Option(10_000, min=1, help="Most rows in one request; beyond it 413."),
+          access_log: bool = typer.Option(True, "--access-log/--no-access-log",
+                                          help="One line per request on stderr: method, path, status, ms, rows."),
           trust_torchscript: bool = TrustTorchScriptOption) -> None:
-    """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs)."""
-    import uvicorn
-    from distill.serving.exported import load_model
-    from distill.serving.service import create_app
-    uvicorn.run(create_app(load_model(run, fmt, threads, trust_torchscript)), host=host, port=port, log_level="warning")
+    """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs).
+
+    A run directory is exported first, to <tmp>/distill-serve-<uid>/, removed on exit (also on SIGTERM); one left by a killed process is removed by the next start."""
+    from distill.serving.exported import TORCHSCRIPT_IS_CODE, load_model
+    from distill.serving.scratch import scratch_export
+    from distill.serving.service import create_app, run_service, to_stderr
+    if fmt == "torchscript" and not trust_torchscript and not (run / "manifest.json").is_file():
+        raise DistillError(TORCHSCRIPT_IS_CODE.format(where=run))  # before exporting the run, not after
+    with scratch_export(run, fmt) as source:
+        model = load_model(source, fmt, threads, trust_torchscript)
+        app = create_app(model, max_body_bytes, max_rows, access_log=to_stderr if access_log else None)
+        what = f"the {model.manifest['model']} {model.manifest['role']} of {run} ({model.format})"
+        run_service(app, host, port, what)
 
 
 def main() -> None:
