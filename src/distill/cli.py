@@ -109,6 +109,7 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
     if _is_main():  # under torchrun, rank 0 speaks for the job
         out.print(metrics_table(run.metrics, f"{run.path}"))
         out.print(f"run written to [bold]{run.path}[/]")
+        diagnose_after(run.path)
         if not no_report:
             report_after(run.path)
 
@@ -128,6 +129,7 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
     out.print(f"written to [bold]{output or cfg.output}[/]/compare.json and compare.md")
+    diagnose_after(Path(output or cfg.output))
     if not no_report:
         report_after(Path(output or cfg.output))
 
@@ -168,6 +170,18 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
 
 
 # ----------------------------------------------------------------------------- observe: report, init, validate
+
+
+def diagnose_after(path: Path) -> None:
+    """Why distillation did or did not pay (distill/diagnostics.py), printed only for the checks that apply."""
+    from distill.diagnostics import diagnose, lines
+    try:
+        found = lines(diagnose(path))
+    except DistillError as e:
+        err.print(f"[yellow]no diagnostics:[/] {e}", highlight=False, soft_wrap=True)
+        return
+    for line in found:
+        out.print(f"[bold]why:[/] {line}", highlight=False, soft_wrap=True)
 
 
 def report_after(path: Path) -> None:

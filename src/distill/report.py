@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import plots
+from distill import diagnostics, plots
 from distill.errors import DistillError
 from distill.metrics import HIGHER_IS_BETTER
 
@@ -135,6 +135,7 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
     if run.metrics:
         doc.h2("Metrics of this run" if not summary else f"Metrics of {run_dir.name}")
         doc.table(*_metrics_table(run.metrics))
+    diagnostics.report_section(doc, path)  # why distillation did or did not pay
 
     _figure(doc, report, "Loss terms", "losses", plots.plot_losses(steps, out / "losses.png"), "loss terms over steps",
             "Faint: every logged step; solid: smoothed. L_s and L_t are the hard-label losses of student and "
