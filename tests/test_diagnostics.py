@@ -141,6 +141,14 @@ def test_diagnose_a_run_and_a_compare_directory(tmp_path):
     assert found["teacher_gain_between_groups"].evidence["seeds"] == 2
 
 
+def test_a_training_file_gone_since_the_run_skips_only_the_overconfidence_check(tmp_path):
+    raw = base_config(tmp_path)
+    raw["data"]["train"] = str(tmp_path / "moved.parquet")
+    handcrafted_run(tmp_path / "run", raw, teacher_evals([0.70, 0.80, 0.78, 0.76]), metrics(0.76, 0.70, 0.714, 0.716))
+    (tmp_path / "run" / "teacher.safetensors").write_bytes(b"")  # never loaded: there are no rows to score
+    assert [f.code for f in D.diagnose(tmp_path / "run")] == ["teacher_peaked_early", "teacher_gain_between_groups"]
+
+
 def test_diagnose_silent_on_a_run_where_nothing_applies(tmp_path):
     m = metrics(0.80, 0.70, 0.78, 0.70)
     m["student"]["valid"], m["baseline"]["valid"] = {"auc": 0.75}, {"auc": 0.70}
@@ -160,7 +168,7 @@ def test_diagnose_not_a_run(tmp_path):
 def test_cli_train_tells_why_and_the_report_says_it_too(tmp_path):
     # a wide teacher, a high learning rate, 300 rows: best after its first epoch, then it overfits
     raw = base_config(tmp_path, n_train=300, teacher={"hidden": [64, 64], "embedding_dim": 16},
-                      train={"epochs": 12, "lr": 0.03, "batch_size": 64})
+                      train={"epochs": 4, "lr": 0.03, "batch_size": 64})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     r = CliRunner().invoke(app, ["train", str(path), "-q"])
