@@ -19,7 +19,9 @@ The checks (thresholds are the module constants below; `noise` is explained unde
   log-loss is lower than on validation by more than OVERCONFIDENT (relative). Its soft labels on
   the rows the student learns from are memorised answers, not what it would say on new rows. The
   baseline's gap (same rows, no privileged features) is given beside it: a time-ordered split makes
-  validation harder for every model; a teacher gap far above the baseline's is memorisation.
+  validation harder for every model; a teacher gap far above the baseline's is memorisation. It
+  scores the teacher that was kept (its best evaluation): the one an async student learns from; in
+  sync the student also saw the later teacher, which `teacher_peaked_early` speaks for.
 - `student_caught_up`: at some evaluation the student led the baseline on validation by more than
   the noise, and at the end (the weights each kept) its lead is at most the noise: distillation
   made the student learn faster but did not change where it ends up.
