@@ -182,3 +182,8 @@ def test_cli_train_tells_why_and_the_report_says_it_too(tmp_path):
     assert [row.split("`")[1] for row in rows] == ["intent", "dwell"]
     intent_drop = float(rows[0].split("|")[4])
     assert intent_drop > 0.1
+
+    # compare prints them too, over its seeds
+    r = CliRunner().invoke(app, ["compare", str(path), "--seeds", "1", "--output", str(tmp_path / "cmp"), "-q", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "why: teacher_peaked_early:" in r.output
