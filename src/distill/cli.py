@@ -126,6 +126,7 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
         out.print(metrics_table(run.metrics, str(run.path)))
         print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
         out.print(f"run written to [bold]{escape(str(run.path))}[/]")
+        diagnose_after(run.path)
         if not no_report:
             report_after(run.path)
 
@@ -147,6 +148,7 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
     out.print(f"written to [bold]{escape(str(output))}[/]/compare.json and compare.md")
+    diagnose_after(output)
     if not no_report:
         report_after(output)
 
@@ -191,6 +193,18 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
 
 
 # ----------------------------------------------------------------------------- observe: report, init, validate
+
+
+def diagnose_after(path: Path) -> None:
+    """Why distillation did or did not pay (distill/diagnostics.py), printed only for the checks that apply."""
+    from distill.diagnostics import diagnose, lines
+    try:
+        found = lines(diagnose(path))
+    except DistillError as e:
+        err.print(f"[yellow]no diagnostics:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return
+    for line in found:
+        out.print(f"[bold]why:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def report_after(path: Path) -> None:
