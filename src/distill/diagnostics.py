@@ -203,8 +203,17 @@ def _sample(table: Any, rows: int, seed: int = 0) -> Any:
     return table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, rows, replace=False)))
 
 
+def _evaluate_here(model: Any, data: Any, features: list[str], label: Any) -> dict[str, float]:
+    """Metrics of `model` on `data` in this process alone: the diagnostics run on rank 0 after
+    training, when the other ranks of a torchrun job may be gone (no collective may be entered)."""
+    from distill import metrics
+    from distill.training.common import label_values, predict_logits, to_output
+    pred = to_output(predict_logits(model, data, features), label)
+    return metrics.compute(label.task, label_values(data, label), pred, data.group)
+
+
 def _overconfidence(run: Any, train_table: Any) -> Finding | None:
-    from distill.training.common import evaluate
+    evaluate = _evaluate_here
     cfg = run.config
     enc_where = f"{cfg.data.train} (diagnostics sample)"
     train_ll, valid_ll = {}, {}
@@ -302,7 +311,8 @@ def privileged_importance(path: str | Path, rows: int = SAMPLE_ROWS) -> list[dic
 
     from distill.data.io import read_table
     from distill.run import load_run
-    from distill.training.common import evaluate, stopping_metric
+    from distill.training.common import stopping_metric
+    evaluate = _evaluate_here
 
     dirs = run_dirs(Path(path))
     if not dirs or not (dirs[0] / "teacher.safetensors").is_file():
