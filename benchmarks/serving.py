@@ -151,7 +151,8 @@ def http_load(export_dir: Path, table, clients: int, seconds: float, threads: in
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "distill", "serve", str(export_dir), "--host", HOST, "--port", str(port), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "distill", "serve", str(export_dir), "--host", HOST, "--port", str(port), "--threads", str(threads),
+           "--no-access-log"]  # stderr is a pipe nobody reads while the load runs: a line per request would fill it
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
@@ -225,7 +226,7 @@ def main() -> None:
         cfg = load_config(cfg_path, {"train.epochs": 1, "train.baseline": False, "train.threads": args.threads})
         print(f"training the demo's teacher ({cfg.teacher.model}) and student ({cfg.student.model}) on {n:,} rows", flush=True)
         run = train(cfg, output=tmp / "run", quiet=True)
-        exported = {fmt: ExportedModel(export(run, fmt, tmp / f"export-{fmt}"), threads=args.threads)
+        exported = {fmt: ExportedModel(export(run, fmt, tmp / f"export-{fmt}"), threads=args.threads, trust_torchscript=True)
                     for fmt in ("onnx", "torchscript")}
         table = pq.read_table(tmp / "data" / "valid.parquet")
         print("in process:", flush=True)
