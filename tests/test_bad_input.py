@@ -163,7 +163,7 @@ SERVICE_CASES = {
 @pytest.mark.parametrize("name", sorted(SERVICE_CASES))
 def test_bad_service_request(world, name):
     from fastapi.testclient import TestClient
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     from distill.serving.service import create_app
     _, raw = world
     client = TestClient(create_app(load_model(raw["output"])))

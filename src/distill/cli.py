@@ -259,7 +259,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file.")) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     from distill.serving.predict import score
 
     def said_once(s) -> None:
@@ -280,7 +280,7 @@ def serve(run: Path = typer.Argument(..., help="A run directory or an exported m
           threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's).")) -> None:
     """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs)."""
     import uvicorn
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     from distill.serving.service import create_app
     uvicorn.run(create_app(load_model(run, fmt, threads)), host=host, port=port, log_level="warning")
 

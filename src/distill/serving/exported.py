@@ -17,13 +17,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from distill.config import Config, config_from_dict
-from distill.data.dataset import Encoders
+from distill.data.encoders import Encoders
+from distill.data.kinds import KINDS
 from distill.errors import DistillError
-from distill.serving.export import INPUT_NAMES, export, sha256
+from distill.serving.manifest import INPUT_NAMES, sha256
 
 # Column types a row's values are put in before encoding (the encoders accept these for any file).
-ROW_TYPES = {"categorical": pa.string(), "numeric": pa.float64(), "multi_categorical": pa.list_(pa.string())}
+ROW_TYPES = {name: kind.row_type for name, kind in KINDS.items()}
 
 
 class ExportedModel:
@@ -47,13 +47,12 @@ class ExportedModel:
             raise DistillError(f"{self.directory}: the export is incomplete or corrupt ({e})") from None
         self.names: list[str] = [f["name"] for f in self.manifest["serving"]]
         self.kinds: dict[str, str] = {f["name"]: f["type"] for f in self.manifest["serving"]}
+        unknown = [k for k in self.kinds.values() if k not in KINDS]
+        if unknown:
+            raise DistillError(f"{path}: unknown feature type '{unknown[0]}' (known: {', '.join(KINDS)})")
         self.privileged: list[str] = list(self.manifest.get("privileged", []))
         self.outputs: list[str] = list(self.manifest["outputs"])
-        # Encoders.encode reads the task from a Config; this one describes the serving schema only.
-        self.config: Config = config_from_dict({"data": {"train": "-"}, "task": self.manifest["task"],
-                                                "features": [{k: v for k, v in f.items() if k != "input"}
-                                                             for f in self.manifest["serving"]]},
-                                               source=str(path))
+        self.threads = threads
         try:
             self._load_graph(graph_file, threads)
         except DistillError:
@@ -106,7 +105,8 @@ class ExportedModel:
             for i, row in enumerate(rows):
                 if name not in row:
                     raise DistillError(f"row {i}: missing serving feature '{name}'")
-                values.append(_normalise(row[name], kind, name, i, self.encoders.features[name].separator))
+                value = row[name]  # null means missing, whatever the kind
+                values.append(None if value is None else KINDS[kind].from_json(value, name, i, self.encoders.features[name]))
             try:
                 columns[name] = pa.array(values, ROW_TYPES[kind])
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
@@ -115,8 +115,7 @@ class ExportedModel:
 
     def encode(self, table: pa.Table, where: str = "data") -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """The graph's inputs for `table` (serving columns only are read) and the filled counts."""
-        enc = self.encoders.encode(self.config, table, where, features=self.names, label=False)
-        return {n: enc.features[n].numpy() for n in self.names}, enc.missing
+        return self.encoders.encode_arrays(table, where, self.names, workers=self.threads)
 
     # ------------------------------------------------------------------ prediction
 
@@ -143,37 +142,3 @@ class ExportedModel:
         if pred.ndim == 1:
             return {self.outputs[0]: pred}
         return {name: pred[:, j] for j, name in enumerate(self.outputs)}
-
-
-def _normalise(value: Any, kind: str, name: str, row: int, separator: str) -> Any:
-    """One JSON value as the Arrow type of its column (ints and strings name the same category)."""
-    if value is None:
-        return None
-    if kind == "numeric":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DistillError(f"row {row}: feature '{name}' must be a number, got {type(value).__name__}")
-        return float(value)
-    if kind == "categorical":
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise DistillError(f"row {row}: feature '{name}' must be a string or an integer, got {type(value).__name__}")
-        return str(value)
-    # multi_categorical: a list of categories, or one string joined by the feature's separator
-    if isinstance(value, str):
-        return value.split(separator)
-    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in value):
-        raise DistillError(f"row {row}: feature '{name}' must be a list of strings or integers")
-    return [str(v) for v in value]
-
-
-def load_model(source: str | Path, fmt: str = "onnx", threads: int | None = None) -> ExportedModel:
-    """An export directory, or a run directory exported on the fly (to a temporary directory that
-    lives as long as the returned model)."""
-    source = Path(source)
-    if (source / "manifest.json").is_file():
-        return ExportedModel(source, threads)
-    if not (source / "config.yaml").is_file():
-        raise DistillError(f"{source}: neither a run directory (config.yaml) nor an exported model (manifest.json)")
-    tmp = tempfile.TemporaryDirectory(prefix="distill-export-")
-    model = ExportedModel(export(source, fmt, Path(tmp.name) / "model"), threads)
-    model._tmp = tmp  # the directory goes when the model does
-    return model
