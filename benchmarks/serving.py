@@ -226,7 +226,7 @@ def main() -> None:
         cfg = load_config(cfg_path, {"train.epochs": 1, "train.baseline": False, "train.threads": args.threads})
         print(f"training the demo's teacher ({cfg.teacher.model}) and student ({cfg.student.model}) on {n:,} rows", flush=True)
         run = train(cfg, output=tmp / "run", quiet=True)
-        exported = {fmt: ExportedModel(export(run, fmt, tmp / f"export-{fmt}"), threads=args.threads)
+        exported = {fmt: ExportedModel(export(run, fmt, tmp / f"export-{fmt}"), threads=args.threads, trust_torchscript=True)
                     for fmt in ("onnx", "torchscript")}
         table = pq.read_table(tmp / "data" / "valid.parquet")
         print("in process:", flush=True)

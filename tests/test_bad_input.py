@@ -63,6 +63,88 @@ def raw_text(text: str):
     return case
 
 
+def validate_with(edit: Callable[[dict, Path], None]):
+    """The same edit as train_with, run through `distill validate` (it must say the same line)."""
+    return lambda tmp, raw, run: ["validate", train_with(edit)(tmp, raw, run)[1]]
+
+
+def split_dir(r: dict, t: Path) -> None:
+    """The training split as a directory of two files: 'user' is int64 in one, string in the other."""
+    full = table(r, "train")
+    (t / "split").mkdir()
+    pq.write_table(full.slice(0, 300), t / "split" / "a.parquet")
+    rest = full.slice(300)
+    pq.write_table(replace_col(rest, "user", pa.array([f"u{v}" for v in rest.column("user").to_pylist()])), t / "split" / "b.parquet")
+    r["data"]["train"] = str(t / "split")
+
+
+def float_users(r: dict, split: str, extra: float) -> None:
+    """'user' stored as float (ids from a column with nulls, written by pandas), one value replaced."""
+    t = table(r, split)
+    users = t.column("user").to_numpy().astype("float64")
+    users[0] = extra
+    put(r, split, replace_col(t, "user", users))
+
+
+def predict_on(make_data: Callable[[Path, dict], Path], out: str = "out.parquet"):
+    """`distill predict` on the run's export (made once) with data the case writes."""
+    def case(tmp, raw, run):
+        return ["predict", str(export_of(run)), str(make_data(tmp, raw)), "-o", str(tmp / out)]
+    return case
+
+
+def scored_file(edit: Callable[[pa.Table], pa.Table]):
+    def make(tmp: Path, raw: dict) -> Path:
+        pq.write_table(edit(table(raw, "test")), tmp / "p.parquet")
+        return tmp / "p.parquet"
+    return make
+
+
+def export_of(run: Path) -> Path:
+    """One ONNX export of the shared run, made on first use."""
+    d = run.parent / "export-onnx"
+    if not d.exists():
+        from distill.serving.export import export
+        export(run, "onnx", d)
+    return d
+
+
+def damaged_export(damage: Callable[[Path], None]):
+    """A copy of the export, damaged, then used by `distill predict`."""
+    def case(tmp, raw, run):
+        import shutil
+        d = tmp / "export"
+        shutil.copytree(export_of(run), d)
+        damage(d)
+        return ["predict", str(d), raw["data"]["test"], "-o", str(tmp / "out.parquet")]
+    return case
+
+
+def edit_encoders(change: Callable[[dict], None]):
+    """encoders.json edited and its sha256 in the manifest updated: a consistent but wrong export
+    (hand-edited, or written by a bug), which the checksum alone cannot catch."""
+    def damage(d: Path) -> None:
+        from distill.serving.export import sha256
+        enc = json.loads((d / "encoders.json").read_text())
+        change(enc)
+        (d / "encoders.json").write_text(json.dumps(enc))
+        manifest = json.loads((d / "manifest.json").read_text())
+        manifest["sha256"]["encoders.json"] = sha256(d / "encoders.json")
+        (d / "manifest.json").write_text(json.dumps(manifest))
+    return damage
+
+
+def edit_manifest(change: Callable[[dict], object]):
+    def damage(d: Path) -> None:
+        manifest = json.loads((d / "manifest.json").read_text())
+        (d / "manifest.json").write_text(json.dumps(change(manifest)))
+    return damage
+
+
+def feature(d: dict, name: str, key: str = "features") -> dict:
+    return next(f for f in d[key] if f["name"] == name)
+
+
 def on_run(args: Callable[[Path, Path], list[str]]):
     return lambda tmp, raw, run: args(tmp, run)
 
@@ -133,6 +215,32 @@ CASES: dict[str, tuple[Callable, str]] = {
                                                                 ["predict", str(run), str(tmp / "p.parquet"), "-o", str(tmp / "out.parquet")])[1],
                                          "p.parquet: missing serving feature 'price'"),
     "export an unknown format": (on_run(lambda tmp, run: ["export", str(run), "--format", "tflite"]), "tflite"),
+    # ---------------------------------------------------------------- splits of several files, float categories
+    "split files disagree on a type (train)": (train_with(split_dir), "split: column 'user' is int64 in a.parquet but string in b.parquet"),
+    "split files disagree on a type (validate)": (validate_with(split_dir), "split: column 'user' is int64 in a.parquet but string in b.parquet"),
+    "float category beyond 2^53 (train)": (train_with(lambda r, t: float_users(r, "train", 2.0 ** 60)),
+                                           "train.parquet: column 'user' holds 1 float value(s) of magnitude 2^53 or more (e.g. 1.152921504606847e+18)"),
+    "float category beyond 2^53 (validate)": (validate_with(lambda r, t: float_users(r, "valid", 2.0 ** 60)),
+                                              "valid.parquet: column 'user' holds 1 float value(s) of magnitude 2^53 or more"),
+    "float category beyond 2^53 (predict)": (predict_on(scored_file(lambda t: replace_col(t, "user", [2.0 ** 60] + [1.0] * (t.num_rows - 1)))),
+                                             "p.parquet: column 'user' holds 1 float value(s) of magnitude 2^53 or more"),
+    # ---------------------------------------------------------------- predict: input and output
+    "predict a file with a column twice": (predict_on(scored_file(lambda t: t.append_column("price", t.column("price")))),
+                                           "p.parquet: 2 columns are named 'price' (a serving feature)"),
+    "predict -o a directory": (lambda tmp, raw, run: ["predict", str(export_of(run)), raw["data"]["test"], "-o", str(tmp)],
+                               "is a directory; -o takes the Parquet file to write"),
+    "predict -o in a missing directory": (predict_on(lambda tmp, raw: Path(raw["data"]["test"]), out="nowhere/out.parquet"),
+                                          "nowhere/out.parquet: cannot write there: "),
+    # ---------------------------------------------------------------- corrupt exports (checksums updated: only the checks can tell)
+    "export manifest is a list": (damaged_export(edit_manifest(lambda m: [m])), "manifest.json: expected a JSON object, found a list"),
+    "export lacks an encoder": (damaged_export(edit_encoders(lambda e: e["features"].remove(feature(e, "price")))),
+                                "encoders.json: no encoder for serving feature 'price' (listed in manifest.json)"),
+    "export vocab holds null": (damaged_export(edit_encoders(lambda e: feature(e, "user").update(vocab=[None]))),
+                                "encoders.json: features[0] ('user'): vocab[0] is null"),
+    "export kinds disagree": (damaged_export(edit_manifest(lambda m: (feature(m, "price", "serving").update(type="categorical"), m)[1])),
+                              "encoders.json: feature 'price' is numeric here but categorical in manifest.json"),
+    # ---------------------------------------------------------------- messages print literally
+    "brackets in a message": (lambda tmp, raw, run: ["train", "nope.yaml", "--set", "train[report]"], "--set 'train[report]': write it as key=value"),
 }
 
 
@@ -150,6 +258,87 @@ def test_bad_input(world, tmp_path, name):
     assert len([line for line in r.output.strip().splitlines() if line.startswith("error:")]) == 1
     for leftover in ("out", "out.partial", "out.parquet"):
         assert not (tmp_path / leftover).exists(), f"{name}: left {leftover} behind"
+
+
+def test_float_categories_nan_and_inf_are_missing_said_once(world, tmp_path):
+    """NaN and ±inf in a float categorical are missing values (the OOV bucket): train, validate and
+    predict go on, and train and validate say how many, once."""
+    _, raw = world
+    config = train_with(lambda r, t: float_users(r, "train", float("nan")))(tmp_path, raw, Path(raw["output"]))[1]
+    edited = yaml.safe_load(Path(config).read_text())
+    t = table(edited, "train")
+    users = t.column("user").to_numpy().copy()
+    users[1], users[2] = float("inf"), float("-inf")
+    put(edited, "train", replace_col(t, "user", users))
+    r = runner.invoke(app, ["validate", config])
+    assert r.exit_code == 0, r.output
+    assert "filled in train (missing or non-finite, flagged): user 3" in r.output
+    r = runner.invoke(app, ["train", config, "--no-report"])
+    assert r.exit_code == 0, r.output
+    said = [line for line in r.output.splitlines() if "'user': 3 missing or non-finite value(s)" in line]
+    assert len(said) == 1 and "read as missing (the out-of-vocabulary bucket)" in said[0], r.output
+    # predict: a NaN id scores exactly as a missing one
+    test = table(raw, "test").slice(0, 4)
+    ids = pa.array([float("nan"), None, float("inf"), 3.0], pa.float64())
+    pq.write_table(replace_col(test, "user", ids), tmp_path / "f.parquet")
+    r = runner.invoke(app, ["predict", str(export_of(Path(raw["output"]))), str(tmp_path / "f.parquet"), "-o", str(tmp_path / "f.out.parquet")])
+    assert r.exit_code == 0, r.output
+    prob = pq.read_table(tmp_path / "f.out.parquet").column("prob").to_pylist()
+    same = replace_col(test, "user", pa.array([None, None, None, 3], pa.int64()))
+    from distill.serving.load import load_model
+    assert prob == load_model(export_of(Path(raw["output"]))).predict(same).tolist()
+
+
+def test_predict_a_file_truncated_while_it_is_read(world, tmp_path, monkeypatch):
+    """The file shrinks after predict opened it (another process rewrote it): one line naming it."""
+    import os
+    from distill.serving import predict as predict_module
+    _, raw = world
+    victim = tmp_path / "big.parquet"
+    pq.write_table(table(raw, "test"), victim, row_group_size=50)
+
+    class TruncatedWhileRead(pq.ParquetFile):
+        def iter_batches(self, *args, **kwargs):  # the footer is read; the row groups are not yet
+            os.truncate(victim, victim.stat().st_size // 2)
+            return super().iter_batches(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module.pq, "ParquetFile", TruncatedWhileRead)
+    r = runner.invoke(app, ["predict", str(export_of(Path(raw["output"]))), str(victim), "-o", str(tmp_path / "out.parquet"),
+                            "--chunk-rows", "50"])
+    assert r.exit_code == 2, r.output
+    assert f"error: {victim}: cannot read as parquet: " in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.partial").exists()
+
+
+@pytest.mark.parametrize("target", ["dir", "."])
+def test_predict_checks_the_output_path_before_scoring(world, tmp_path, monkeypatch, target):
+    from distill.serving import load
+    _, raw = world
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(load, "load_model", not_yet)
+    out = str(tmp_path) if target == "dir" else "."
+    r = runner.invoke(app, ["predict", raw["output"], raw["data"]["test"], "-o", out])
+    assert r.exit_code == 2, r.output
+    assert f"error: {out}: is a directory" in " ".join(r.output.split())
+
+
+def test_markup_in_a_message_prints_literally(world, tmp_path, monkeypatch):
+    """rich reads [report] as a style tag and drops it; the install hint must survive."""
+    import distill.report
+    from distill.errors import DistillError
+    _, raw = world
+
+    def no_matplotlib(*args, **kwargs):
+        raise DistillError("the report needs matplotlib: pip install 'distill[report]'")
+
+    monkeypatch.setattr(distill.report, "write_report", no_matplotlib)
+    r = runner.invoke(app, ["report", raw["output"]])
+    assert r.exit_code == 2
+    assert "error: the report needs matplotlib: pip install 'distill[report]'" in r.output
 
 
 SERVICE_CASES = {
@@ -185,4 +374,4 @@ def test_teacher_with_nothing_to_teach_is_a_warning(tmp_path):
 
 
 def test_at_least_25_distinct_cases():
-    assert len(CASES) + len(SERVICE_CASES) >= 25
+    assert len(CASES) + len(SERVICE_CASES) >= 51  # the count the README gives

@@ -131,3 +131,84 @@ def test_demo_runs_and_the_student_beats_the_baseline(tmp_path):
     summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
     assert summary["teacher"]["auc"]["mean"] > summary["baseline"]["auc"]["mean"] + 0.05
     assert "distill demo" in r.output and "gap closed" in r.output
+
+
+# ----------------------------------------------------------------------------- results and small UX (issue 12: 18–20)
+
+
+def test_version_and_flags_without_a_bool_metavar():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.strip() == "distill 0.1.0"
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160"})
+    flags = [line for line in r.output.splitlines() if any(f in line for f in ("--overwrite", "--quiet", "--no-report"))]
+    assert len(flags) == 3 and not any("<bool>" in line for line in flags), r.output
+
+
+@pytest.mark.parametrize("user_features, message", [
+    (["usr"], "student.user_features: 'usr' is not among the student's features (did you mean 'user'?)"),
+    (["intent"], "student.user_features: 'intent' is privileged"),
+])
+def test_user_features_typo_and_privileged(tmp_path, raw_config, user_features, message):
+    path = bad_case(tmp_path, raw_config, lambda raw, tmp: raw["student"].update(model="two_tower", user_features=user_features))
+    r = invoke("validate", path)
+    assert r.exit_code == 2 and message in r.output.replace("\n", ""), r.output
+
+
+def test_compare_says_teacher_no_better_and_leaves_out_a_metric_without_value(tmp_path, raw_config):
+    # a teacher on the one column that carries no signal, and groups of one row each (no GAUC anywhere)
+    raw_config["teacher"]["features"] = ["price"]
+    raw_config["task"]["group"] = "price"
+    raw_config["train"]["epochs"] = 1
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw_config))
+    r = invoke("compare", path, "--seeds", 1, "--output", tmp_path / "cmp", "-q", "--no-report")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert summary["gap_closed"]["auc"] is None and "gauc" in summary["verdict"]["left_out"]
+    v = summary["verdict"]["metrics"]["auc"]
+    assert v["method"] == "paired bootstrap over 300 test rows" and v["low"] < v["gain"] < v["high"]
+    assert v["verdict"] in ("gain", "no gain (within noise)", "harm")
+    gap_row = next(line for line in r.output.splitlines() if line.startswith("| gap closed |"))
+    assert "teacher no better" in gap_row and "%" not in gap_row
+    assert "nan" not in r.output and "Left out: gauc: no group has both classes" in r.output
+    assert "**Verdict** — auc:" in r.output
+
+
+def test_train_prints_the_bootstrap_verdict_and_predict_takes_rows(tmp_path, config_file):
+    import numpy as np
+
+    from distill.run import load_run
+    out = tmp_path / "run"
+    r = invoke("train", config_file, "--output", out, "-q", "--no-report", "--set", "train.epochs=1")
+    assert r.exit_code == 0, r.output
+    assert "verdict — auc:" in r.output and "paired bootstrap over 300 test rows" in r.output.replace("\n", "")
+    saved = np.load(out / "test_predictions.npz")
+    assert set(saved.files) == {"y", "group", "teacher", "student", "baseline"} and len(saved["y"]) == 300
+
+    run = load_run(out)
+    test_path = yaml.safe_load(config_file.read_text())["data"]["test"]
+    table = pq.read_table(test_path)
+    want = run.predict(test_path)
+    assert np.allclose(run.predict(table.to_pylist()), want)  # a list of row dicts
+    assert run.evaluate(table.to_pylist())["student"]["data"]["auc"] == pytest.approx(run.metrics["student"]["test"]["auc"])
+    with pytest.raises(TypeError, match="expected a path, a pyarrow Table, a pandas DataFrame"):
+        run.predict(42)
+
+
+def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):
+    pd = pytest.importorskip("pandas")  # not a dependency of distill
+    import numpy as np
+
+    from distill.run import load_run
+    r = invoke("train", config_file, "--output", tmp_path / "run", "-q", "--no-report", "--set", "train.epochs=1")
+    assert r.exit_code == 0, r.output
+    run = load_run(tmp_path / "run")
+    test_path = yaml.safe_load(config_file.read_text())["data"]["test"]
+    frame = pd.read_parquet(test_path)
+    assert np.allclose(run.predict(frame), run.predict(test_path))
+    assert "auc" in run.evaluate(frame)["student"]["data"]
+
+
+def test_dir_lists_the_public_api():
+    import distill
+    assert {"train", "load_run", "Run", "compare", "load_config", "DistillError"} <= set(dir(distill))

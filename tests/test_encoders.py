@@ -30,6 +30,15 @@ def test_integers_and_whole_floats_are_the_same_category():
     assert list(enc.encode(col([2.0, 3.0, 7.0]), "t")[0]) == [3, 4, OOV]
 
 
+def test_nan_and_inf_in_a_float_category_are_missing_not_categories():
+    enc = fit_feature(FeatureConfig(name="c", type="categorical"), col([1.0, float("nan"), 2.0, float("inf")]), "t")
+    assert enc.index.vocab == ["1", "2"]
+    codes, missing = enc.encode(col([float("nan"), float("-inf"), 2.0, None]), "t")
+    assert list(codes) == [OOV, OOV, 3, OOV] and missing == 3
+    frac = fit_feature(FeatureConfig(name="f", type="categorical"), col([1.5, float("nan")]), "t")
+    assert frac.index.vocab == ["1.5"]  # not "nan": the string form is for values, not for missing ones
+
+
 def test_hashing_is_stable_and_in_range():
     spec = FeatureConfig(name="h", type="categorical", hash_buckets=10)
     enc = fit_feature(spec, col(["x"]), "t")

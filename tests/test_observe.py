@@ -59,6 +59,7 @@ def test_train_writes_the_report_with_valid_pngs(run_dir: Path):
     html = (report / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(pngs)  # self-contained
     assert "<table>" in html and "gain" in html
+    assert "**Verdict** — auc:" in md and "paired bootstrap over" in md  # one run: the bootstrap verdict
     assert not list(run_dir.glob("report.partial")) and not list(run_dir.glob("report.old"))
 
 
@@ -124,7 +125,7 @@ def test_report_of_a_compare_directory(run_dir: Path, tmp_path: Path):
     md = r.markdown.read_text()
     assert r.directory == comp / "report" and "seed_3" in md
     gain = metrics["student"]["test"]["auc"] - metrics["baseline"]["test"]["auc"]
-    assert f"{gain:+.4f} ± 0.0000" in md  # the gain row comes from compare.json
+    assert f"| **gain** (student − baseline) | {gain:+.4f} |" in md  # the gain row comes from compare.json
 
 
 def test_report_errors_are_one_line(tmp_path: Path):

@@ -103,7 +103,7 @@ def test_export_round_trip_and_leak_check(runs, valid, tmp_path, name, fmt):
     # the encoders travel without the privileged ones
     assert [f["name"] for f in json.loads((d / "encoders.json").read_text())["features"]] == SERVING
 
-    model = ExportedModel(d)
+    model = ExportedModel(d, trust_torchscript=True)  # (the tests wrote the TorchScript ones)
     assert model.graph_inputs == SERVING
     pred = model.predict(valid)
     expected = run.predict(valid)
@@ -192,11 +192,12 @@ def test_cli_export_and_predict(runs, data, tmp_path):
     r = CliRunner().invoke(app, ["export", str(runs["two_tower"].path), "--format", "torchscript", "--out", str(tmp_path / "ts")])
     assert r.exit_code == 0, r.output
     assert "leak check, isolation: passed" in r.output
-    r = CliRunner().invoke(app, ["predict", str(tmp_path / "ts"), str(data / "valid.parquet"), "-o", str(tmp_path / "p.parquet")])
+    r = CliRunner().invoke(app, ["predict", str(tmp_path / "ts"), str(data / "valid.parquet"), "-o", str(tmp_path / "p.parquet"),
+                                 "--trust-torchscript"])
     assert r.exit_code == 0, r.output
     assert pq.read_table(tmp_path / "p.parquet").num_rows == 400
     r = CliRunner().invoke(app, ["predict", str(tmp_path / "ts"), str(data / "valid.parquet"), "-o", str(tmp_path / "q.parquet"),
-                                 "--keep", "no_such_id"])
+                                 "--keep", "no_such_id", "--trust-torchscript"])
     assert r.exit_code == 2 and "no_such_id" in r.output
 
 
@@ -281,7 +282,7 @@ def test_service_multiclass_returns_class_probabilities(runs, tmp_path):
     from fastapi.testclient import TestClient
 
     from distill.serving.service import create_app
-    c = TestClient(create_app(load_model(runs["multiclass"].path, "torchscript")))
+    c = TestClient(create_app(load_model(runs["multiclass"].path, "torchscript", trust_torchscript=True)))
     p = c.post("/predict", json=ROW).json()
     assert p["outputs"] == ["prob_click", "prob_look", "prob_skip"]
     assert set(p["predictions"][0]) == {"click", "look", "skip"}

@@ -6,7 +6,17 @@
     >>> run.metrics["student"]["test"], run.metrics["baseline"]["test"]
     >>> distill.load_run("runs/example").predict("new.parquet")
 """
+import os
+import sys
+
 __version__ = "0.1.0"
+
+# `python -m distill` (and torchrun's workers) put the working directory first on sys.path, so a
+# stray `yaml.py` or `evilpkg.py` beside the user would be imported by us or by a `module:` model.
+# While a `-m` module is being located sys.argv[0] is "-m"; drop that entry before importing
+# anything else. An entry the user put there (PYTHONPATH=.) comes later and stays.
+if sys.argv[:1] == ["-m"] and not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
 
 from distill.config import Config, config_from_dict, load_config  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
@@ -23,4 +33,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'distill' has no attribute '{name}'")
 
 
-__all__ = ["Config", "DistillError", "compare", "config_from_dict", "load_config", "load_run", "train"]
+__all__ = ["Config", "DistillError", "Run", "compare", "config_from_dict", "load_config", "load_run", "train"]
+
+
+def __dir__() -> list[str]:
+    # the lazy names above are not in the module's dict until first use; list them anyway
+    return sorted(set(globals()) | set(__all__))

@@ -4,6 +4,7 @@ A user's mistake (DistillError) prints one line and exits 2; no traceback.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from typing import Any, Callable, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distill.config import load_config
@@ -36,11 +38,18 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (DistillError, MissingFeatureError) as e:
-            err.print(f"[bold red]error:[/]{_rank_tag()} {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/]{_rank_tag()} {escape(str(e))}", highlight=False, soft_wrap=True)  # printed literally: a message may hold [brackets]
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; nothing was written")
             raise typer.Exit(130) from None
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # what a command did not catch itself still reads as one line, not a traceback
+            err.print(f"[bold red]error:[/]{_rank_tag()} {e.filename or 'a file'}: no space left on device",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
     return wrapper
 
 
@@ -64,51 +73,59 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> Table:
-    splits = [s for s in ("train", "valid", "test", "data") if any(s in v for v in metrics.values())]
-    names: list[str] = []
-    for role in metrics.values():
-        for split in role.values():
-            names += [k for k in split if k not in names and k != "skipped"]
-    table = Table(title=title)
-    table.add_column("model")
-    table.add_column("split")
-    for n in names:
-        table.add_column(n, justify="right")
-    for split in splits:
-        for role, by_split in metrics.items():
-            row = by_split.get(split)
-            if row is None:
-                continue
-            if "skipped" in row:
-                table.add_row(role, split, f"skipped: {row['skipped']}", *[""] * (len(names) - 1))
-                continue
-            table.add_row(role, split, *[f"{row[n]:.4f}" if n in row else "" for n in names])
-        if "student" in metrics and "baseline" in metrics and split in metrics["student"] and "skipped" not in metrics["student"][split]:
-            s, b = metrics["student"][split], metrics["baseline"][split]
-            table.add_row("[bold]gain[/] (student − baseline)", split, *[f"{s[n] - b[n]:+.4f}" if n in s and n in b else "" for n in names])
+    from distill.results import metric_rows
+    header, rows = metric_rows(metrics, bold=("[bold]", "[/]"))
+    table = Table(title=escape(title))  # a path may hold [brackets]
+    for i, name in enumerate(header):
+        table.add_column(name, justify="right" if i >= 2 else "left")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
+def print_verdict(v: dict[str, Any]) -> None:
+    if v.get("headline"):
+        out.print(f"[bold]verdict[/] — {v['headline']}", highlight=False, soft_wrap=True)
+    for m, why in (v.get("left_out") or {}).items():
+        out.print(f"note: {m} left out: {why}", highlight=False, soft_wrap=True)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        from distill import __version__
+        print(f"distill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, metavar="",
+                                               help="Print the version and exit.")) -> None:
+    """Knowledge distillation for recommendation and classification."""
+
+
 SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
-NoReportOption = typer.Option(False, "--no-report", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
+NoReportOption = typer.Option(False, "--no-report", metavar="", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
 
 
 @app.command()
 @guarded
 def train(config: Path = typer.Argument(..., help="The YAML config."),
           output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
-          overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+          overwrite: bool = typer.Option(False, metavar="", help="Replace an existing run directory (only one distill wrote), "
+                                                     "or discard an interrupted run's checkpoints."),
           resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
           set_: Optional[list[str]] = SetOption,
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
           no_report: bool = NoReportOption) -> None:
     """Train teacher, student and the no-distillation baseline; write a run directory."""
     from distill.run import train as train_run
     run = train_run(load_config(config, parse_overrides(set_)), output=resume or output, overwrite=overwrite,
                     quiet=quiet, resume=resume is not None)
     if _is_main():  # under torchrun, rank 0 speaks for the job
-        out.print(metrics_table(run.metrics, f"{run.path}"))
-        out.print(f"run written to [bold]{run.path}[/]")
+        from distill.results import primary_metric, run_verdict
+        out.print(metrics_table(run.metrics, str(run.path)))
+        print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
+        out.print(f"run written to [bold]{escape(str(run.path))}[/]")
         if not no_report:
             report_after(run.path)
 
@@ -117,29 +134,35 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def compare(config: Path = typer.Argument(..., help="The YAML config."),
             seeds: int = typer.Option(5, help="How many seeds (train.seed, train.seed + 1, ...)."),
-            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go."),
-            overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go "
+                                                  "(default: OUTPUT/compare, OUTPUT the config's `output`)."),
+            overwrite: bool = typer.Option(False, metavar="", help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+            quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
             no_report: bool = NoReportOption) -> None:
-    """Distilled student vs the baseline over seeds: mean ± std, gain, share of the gap closed."""
-    from distill.compare import compare as run_compare, to_markdown
+    """Distilled student vs the baseline over seeds: mean ± std, the gain with its 95% interval and verdict, gap closed."""
+    from distill.compare import compare as run_compare, default_output, to_markdown
     cfg = load_config(config, parse_overrides(set_))
+    output = output or default_output(cfg)
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
-    out.print(f"written to [bold]{output or cfg.output}[/]/compare.json and compare.md")
+    out.print(f"written to [bold]{escape(str(output))}[/]/compare.json and compare.md")
     if not no_report:
-        report_after(Path(output or cfg.output))
+        report_after(output)
 
 
 @app.command()
 @guarded
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+             as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
+             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all).")) -> None:
     """Metrics of the run's teacher, student and baseline on its splits or on new data."""
-    from distill.run import load_run
-    r = load_run(run)
+    from distill.run import ROLES, load_run
+    for name in role or []:
+        if name not in ROLES:
+            raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")
+    r = load_run(run, roles=role or None)  # a model left out is not built (nor its `module:` imported)
     result = r.evaluate(data)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -151,7 +174,7 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
 @guarded
 def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's data and runs go."),
          seeds: int = typer.Option(3, help="Seeds for the comparison."),
-         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
          no_report: bool = NoReportOption) -> None:
     """Generate a synthetic e-commerce log with privileged features and run `compare` on it."""
     from distill.compare import compare as run_compare, to_markdown
@@ -159,10 +182,10 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
     if output.exists() and any(output.iterdir()) and not (output / "data" / "config.yaml").is_file():
         raise DistillError(f"{output}: exists and is not a previous demo; choose another --output")
     cfg_path = write_demo_data(output / "data")
-    out.print(f"synthetic impression log and config written to {output / 'data'}")
+    out.print(f"synthetic impression log and config written to {output / 'data'}", markup=False)
     summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
     print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
-    out.print(f"details in [bold]{output / 'compare'}[/] (compare.md, one run directory per seed)")
+    out.print(f"details in [bold]{escape(str(output / 'compare'))}[/] (compare.md, one run directory per seed)")
     if not no_report:
         report_after(output / "compare")
 
@@ -176,21 +199,22 @@ def report_after(path: Path) -> None:
     try:
         report = write_report(path)
     except DistillError as e:
-        err.print(f"[yellow]no report:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]no report:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return
-    out.print(f"report: [bold]{report.html}[/] (and report.md, with the plots beside it)", soft_wrap=True)
+    out.print(f"report: [bold]{escape(str(report.html))}[/] (and report.md, with the plots beside it)", soft_wrap=True)
 
 
 @app.command()
 @guarded
 def report(run: Path = typer.Argument(..., help="A run directory, or a compare directory (compare.json and seed_* runs)."),
-           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report).")) -> None:
+           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report); an existing "
+                                                 "directory is replaced only if it is a report distill wrote.")) -> None:
     """Write a readable report of a run: loss terms, λ, validation curves, calibration, gain table (Markdown + HTML)."""
     from distill.report import write_report
     r = write_report(run, output)
     for note in r.notes:
-        err.print(f"note: {note}", highlight=False)
-    out.print(f"written [bold]{r.html}[/] and {r.markdown.name}, plots: {', '.join(sorted(p.name for p in r.directory.glob('*.png')))}",
+        err.print(f"note: {note}", highlight=False, markup=False)
+    out.print(f"written [bold]{escape(str(r.html))}[/] and {escape(r.markdown.name)}, plots: {escape(', '.join(sorted(p.name for p in r.directory.glob('*.png'))))}",
               soft_wrap=True)
 
 
@@ -199,30 +223,30 @@ def report(run: Path = typer.Argument(..., help="A run directory, or a compare d
 def init(data: str = typer.Argument(..., help="A Parquet or CSV file (or directory / glob) with the training data."),
          output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Where to write the config."),
          label: Optional[str] = typer.Option(None, help="The label column (default: guessed; asked on a terminal)."),
-         force: bool = typer.Option(False, "--force", help="Replace an existing config file.")) -> None:
+         force: bool = typer.Option(False, "--force", metavar="", help="Replace an existing config file.")) -> None:
     """Write a commented starter config from a table's columns (types and label guessed, nothing privileged)."""
     from distill.init import init_config
 
     def ask(columns: list[str]) -> str:
-        out.print("Cannot tell which column is the label. Columns: " + ", ".join(columns), highlight=False)
+        out.print("Cannot tell which column is the label. Columns: " + ", ".join(columns), highlight=False, markup=False)
         return typer.prompt("label column")
 
     g = init_config(data, output, label=label, force=force, ask=ask if sys.stdin.isatty() else None)
-    table = Table(title=f"{output}: label '{g.label}' ({g.task})", title_justify="left")
+    table = Table(title=escape(f"{output}: label '{g.label}' ({g.task})"), title_justify="left")
     for col in ("column", "type", "why"):
         table.add_column(col)
     for c in g.columns:
-        table.add_row(c.name, c.type or "[dim]left out[/]", c.why)
+        table.add_row(escape(c.name), c.type or "[dim]left out[/]", escape(c.why))
     out.print(table)
     out.print(f"Next: check the types, set [bold]privileged: true[/] on the columns that are missing at serving time, "
-              f"then [bold]distill validate {output}[/].")
+              f"then [bold]distill validate {escape(str(output))}[/].")
 
 
 @app.command()
 @guarded
 def validate(config: Path = typer.Argument(..., help="The YAML config."),
              set_: Optional[list[str]] = SetOption,
-             strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too.")) -> None:
+             strict: bool = typer.Option(False, "--strict", metavar="", help="Exit 1 on warnings too.")) -> None:
     """Check the config against the data without training; print what would be trained."""
     from distill.validate import render, validate as run_validate
     cfg = load_config(config, parse_overrides(set_))
@@ -231,44 +255,54 @@ def validate(config: Path = typer.Argument(..., help="The YAML config."),
     if strict and v.warnings:
         err.print(f"{len(v.warnings)} warning(s) and --strict: exit 1")
         raise typer.Exit(1)
-    out.print(f"[green]ok:[/] {config} and its data fit together; nothing was trained.", highlight=False)
+    out.print(f"[green]ok:[/] {escape(str(config))} and its data fit together; nothing was trained.", highlight=False)
 
 
 
 # ----------------------------------------------------------------------------- serving the student
 
 
+TrustTorchScriptOption = typer.Option(
+    False, "--trust-torchscript", metavar="",
+    help="Load a TorchScript export. It is code and can do anything: only for one you trust (ONNX is data).")
+
+
 @app.command("export")
 @guarded
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
                fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT).")) -> None:
+               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT); an "
+                                                      "existing one is replaced only if it is an export distill wrote.")) -> None:
     """Export the student alone (graph on serving features, encoders, manifest) and leak-check it."""
     from distill.serving.export import export
     d = export(run, fmt, out_dir)
     for c in json.loads((d / "manifest.json").read_text())["leak_check"]["checks"]:
-        out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False)
-    out.print(f"exported to [bold]{d}[/]")
+        out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False, markup=False)
+    out.print(f"exported to [bold]{escape(str(d))}[/]")
 
 
 @app.command()
 @guarded
 def predict(run: Path = typer.Argument(..., help="A run directory or an exported model."),
             data: Path = typer.Argument(..., help="Parquet or CSV (a file, directory or glob)."),
-            output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write."),
+            output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (an existing Parquet file "
+                                                          "is replaced; never an input or another kind of file)."),
             keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
-            chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file.")) -> None:
+            chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
+            trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
     from distill.serving.load import load_model
-    from distill.serving.predict import score
+    from distill.serving.predict import check_output, score
 
     def said_once(s) -> None:
         priv = f" (privileged: {', '.join(s.ignored_privileged)})" if s.ignored_privileged else ""
         err.print(f"ignoring {len(s.ignored)} column(s) the student does not read: {', '.join(s.ignored)}{priv}",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, soft_wrap=True, markup=False)
 
-    summary = score(load_model(run), data, output, keep=keep, chunk_rows=chunk_rows, on_ignored=said_once)
-    out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{output}[/]")
+    check_output(output)  # before an on-the-fly export, not after it
+    summary = score(load_model(run, trust_torchscript=trust_torchscript), data, output, keep=keep, chunk_rows=chunk_rows,
+                    on_ignored=said_once)
+    out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{escape(str(output))}[/]")
 
 
 @app.command()
@@ -277,12 +311,13 @@ def serve(run: Path = typer.Argument(..., help="A run directory or an exported m
           host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
           port: int = typer.Option(8000, help="Port."),
           fmt: str = typer.Option("onnx", "--format", help="Runtime when RUN is a run directory: onnx or torchscript."),
-          threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's).")) -> None:
+          threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's)."),
+          trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs)."""
     import uvicorn
     from distill.serving.load import load_model
     from distill.serving.service import create_app
-    uvicorn.run(create_app(load_model(run, fmt, threads)), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(load_model(run, fmt, threads, trust_torchscript)), host=host, port=port, log_level="warning")
 
 
 def main() -> None:

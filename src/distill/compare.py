@@ -3,7 +3,8 @@
 Each seed trains teacher, student and baseline on the same data (encoded once); the baseline is the
 same student with the same initialisation and data order, trained without the teacher. Reported
 on test (or valid when there is no test split): mean ± std over seeds, the paired gain
-student − baseline, and the share of the teacher–baseline gap the student closed:
+student − baseline with its 95% interval and verdict, and the share of the teacher–baseline gap
+the student closed (distill.results says how each is computed):
     gap_closed = (student − baseline) / (teacher − baseline)        (per metric, on the means)
 """
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from distill import outputs, results
 from distill.config import Config
 from distill.data.dataset import load_splits
 from distill.errors import DistillError
-from distill.metrics import HIGHER_IS_BETTER
 from distill.run import prepare_output, publish, train
 from distill.schema import check
 
@@ -28,49 +29,38 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
 
 
-def summarize(per_seed: list[dict[str, Any]], split: str) -> dict[str, Any]:
-    """Aggregate the metrics.json of each seed into compare.json's shape."""
+def summarize(per_seed: list[dict[str, Any]], split: str, primary: str | None = None,
+              predictions: list[dict[str, np.ndarray] | None] | None = None, task: str | None = None) -> dict[str, Any]:
+    """Aggregate the metrics.json of each seed into compare.json's shape; `verdict` holds the paired
+    gain's 95% interval, the verdict word and the gap closed per metric (distill.results)."""
     roles = [r for r in ("teacher", "baseline", "student") if r in per_seed[0]]
     out: dict[str, Any] = {"split": split, "seeds": len(per_seed)}
     for role in roles:
         names = per_seed[0][role][split].keys()
         out[role] = {m: _stats([s[role][split][m] for s in per_seed]) for m in names}
+    v = results.verdicts(per_seed, split, primary, predictions, task)
     if "baseline" in out and "student" in out:
         out["gain"] = {m: _stats([s["student"][split][m] - s["baseline"][split][m] for s in per_seed])
-                       for m in out["student"]}
-    if "teacher" in out and "baseline" in out:
-        closed: dict[str, float | None] = {}
-        for m in out["student"]:
-            gap = out["teacher"][m]["mean"] - out["baseline"][m]["mean"]
-            closed[m] = None if abs(gap) < 1e-12 else (out["student"][m]["mean"] - out["baseline"][m]["mean"]) / gap
-        out["gap_closed"] = closed
+                       for m in out["student"] if m in out["baseline"]}
+    if "teacher" in out and v:
+        # null where the teacher is no better than the baseline beyond the noise (the ratio means nothing there)
+        out["gap_closed"] = {m: v["metrics"][m]["gap_closed"] if m in v["metrics"] else None for m in out["student"]}
+    if v:
+        out["verdict"] = v
     return out
 
 
 def to_markdown(summary: dict[str, Any], title: str = "distill compare") -> str:
-    roles = [r for r in ("teacher", "baseline", "student") if r in summary]
-    metrics = list(summary["student"])
-    lines = [f"# {title}", "", f"Split: **{summary['split']}**, {summary['seeds']} seed(s), mean ± std.", "",
-             "| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    for role in roles:
-        lines.append(f"| {role} | " + " | ".join(f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in metrics) + " |")
-    if "gain" in summary:
-        lines.append("| **gain** (student − baseline) | " + " | ".join(
-            f"{summary['gain'][m]['mean']:+.4f} ± {summary['gain'][m]['std']:.4f}" for m in metrics) + " |")
-    if "gap_closed" in summary:
-        lines.append("| gap closed | " + " | ".join(
-            "–" if summary["gap_closed"][m] is None else f"{100 * summary['gap_closed'][m]:.0f}%" for m in metrics) + " |")
-    arrows = ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in metrics)
-    lines += ["", f"Better is: {arrows}. Gap closed = (student − baseline) / (teacher − baseline)."]
-    return "\n".join(lines) + "\n"
+    return results.markdown(summary, title)
 
 
 def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overwrite: bool = False,
             quiet: bool = False) -> dict[str, Any]:
-    """Train seeds `train.seed`, `train.seed + 1`, ...; write compare.json and compare.md.
+    """Train seeds `train.seed`, `train.seed + 1`, ...; write compare.json and compare.md into
+    `output` (default: `<cfg.output>/compare`).
 
     >>> summary = compare(load_config("config.yaml"), seeds=5)     # doctest: +SKIP
-    >>> summary["gain"]["auc"]["mean"], summary["gap_closed"]["auc"]
+    >>> summary["verdict"]["headline"], summary["gap_closed"]["auc"]
     """
     if seeds < 1:
         raise DistillError("--seeds: must be at least 1")
@@ -79,8 +69,9 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
     if cfg.distillation.mode == "none":
         raise DistillError("distillation.mode: 'none' is the baseline itself; compare needs sync, async or offline")
     check(cfg)
-    output = Path(output or cfg.output)
-    partial = prepare_output(output, overwrite)
+    # beside train's run, not on it: `distill train CONFIG` then `distill compare CONFIG` both work
+    output = Path(output) if output else default_output(cfg)
+    partial = prepare_output(output, overwrite, kind="compare")
     try:
         splits = None
         if not cfg.distillation.teacher_checkpoint:
@@ -95,12 +86,18 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
             run = train(seed_cfg, output=partial / f"seed_{seed_cfg.train.seed}", quiet=quiet, splits=splits)
             per_seed.append(run.metrics)
         split = "test" if "test" in per_seed[0]["student"] else next(iter(per_seed[0]["student"]))
-        summary = summarize(per_seed, split)
+        few = seeds < results.MIN_SEEDS  # the bootstrap needs each seed's test predictions
+        predictions = [results.read_predictions(partial / f"seed_{cfg.train.seed + k}") for k in range(seeds)] if few else None
+        summary = summarize(per_seed, split, results.primary_metric(cfg), predictions, cfg.task.type)
         (partial / "compare.json").write_text(json.dumps(summary, indent=2))
         (partial / "compare.md").write_text(to_markdown(summary))
         publish(partial, output)
     except BaseException:
-        import shutil
-        shutil.rmtree(partial, ignore_errors=True)
+        outputs.discard(partial)
         raise
     return summary
+
+
+def default_output(cfg: Config) -> Path:
+    """`<output>/compare`, as the demo writes it."""
+    return Path(cfg.output) / "compare"

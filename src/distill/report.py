@@ -19,9 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import plots
+from distill import outputs, plots, results
 from distill.errors import DistillError
 from distill.metrics import HIGHER_IS_BETTER
 
@@ -79,27 +77,18 @@ def write_report(path: str | Path, output: str | Path | None = None) -> Report:
         raise DistillError(f"{path}: no such directory")
     run_dir, summary = locate(path)
     output = Path(output) if output else path / "report"
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    # RUN/report is fine; RUN itself (or a directory holding it) is not, nor anything distill did not write
+    partial = outputs.start(output, "report", replace=True, protect=(path, run_dir))
     try:
         report = _build(path, run_dir, summary, partial)
-        _swap(partial, output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        outputs.swap(partial, output)  # a reader sees the old report or the new, never half
+    except BaseException as e:
+        outputs.discard(partial)
+        if outputs.no_space(e):
+            raise DistillError(f"{output}: no space left on device while writing the report; nothing was written") from None
         raise
     report.directory, report.markdown, report.html = output, output / "report.md", output / "report.html"
     return report
-
-
-def _swap(partial: Path, output: Path) -> None:
-    """Replace `output` by `partial` so that a reader sees the old report or the new, never half."""
-    old = output.with_name(output.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if output.exists():
-        os.replace(output, old)
-    os.replace(partial, output)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- content
@@ -128,13 +117,24 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
 
     if summary:
         doc.h2(f"Gain over {summary['seeds']} seed(s), {summary['split']} split")
-        doc.table(*_compare_table(summary))
-        doc.p("Gain = student − baseline, paired by seed (same initialisation and data order). "
-              "Gap closed = (student − baseline) / (teacher − baseline), on the means. Better is: "
-              + ", ".join(f"{m} {'↑' if HIGHER_IS_BETTER.get(m, True) else '↓'}" for m in summary["student"]) + ".")
+        v = summary.get("verdict") or {}
+        if v.get("headline"):
+            doc.p(f"**Verdict** — {v['headline']}")
+        header, rows = results.summary_rows(summary)
+        doc.table(header, rows)
+        for line in results.notes(v, header[1:]):
+            doc.p(line)
     if run.metrics:
         doc.h2("Metrics of this run" if not summary else f"Metrics of {run_dir.name}")
-        doc.table(*_metrics_table(run.metrics))
+        # one run: its verdict from the paired bootstrap over its test rows (a compare has its own above)
+        verdict = {} if summary else results.run_verdict(run_dir, run.metrics, results.primary_metric(cfg), cfg.task.type)
+        if verdict.get("headline"):
+            doc.p(f"**Verdict** — {verdict['headline']}")
+        doc.table(*results.metric_rows(run.metrics))
+        if verdict:
+            doc.p(results.notes(verdict, list(verdict["metrics"]))[0])
+            for m, why in verdict["left_out"].items():
+                _note(doc, report, f"{m} left out of the verdict: {why}")
 
     _figure(doc, report, "Loss terms", "losses", plots.plot_losses(steps, out / "losses.png"), "loss terms over steps",
             "Faint: every logged step; solid: smoothed. L_s and L_t are the hard-label losses of student and "
@@ -202,34 +202,6 @@ def _setup(run: Any, info: dict) -> str:
     if info.get("shared_tables"):
         parts.append(f"Shared embedding tables: {', '.join(info['shared_tables'])}.")
     return " ".join(parts)
-
-
-def _metrics_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    names: list[str] = []
-    for by_split in metrics.values():
-        for row in by_split.values():
-            names += [k for k in row if k not in names]
-    rows = []
-    for split in ("valid", "test", "train"):
-        for role in ("teacher", "student", "baseline"):
-            row = metrics.get(role, {}).get(split)
-            if row:
-                rows.append([role, split] + [f"{row[n]:.4f}" if n in row else "" for n in names])
-        s, b = metrics.get("student", {}).get(split), metrics.get("baseline", {}).get(split)
-        if s and b:
-            rows.append(["**gain** (student − baseline)", split] + [f"{s[n] - b[n]:+.4f}" if n in s and n in b else "" for n in names])
-    return ["model", "split"] + names, rows
-
-
-def _compare_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    names = list(summary["student"])
-    rows = [[role] + [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names]
-            for role in ("teacher", "baseline", "student") if role in summary]
-    if "gain" in summary:
-        rows.append(["**gain** (student − baseline)"] + [f"{summary['gain'][m]['mean']:+.4f} ± {summary['gain'][m]['std']:.4f}" for m in names])
-    if "gap_closed" in summary:
-        rows.append(["gap closed"] + ["–" if summary["gap_closed"][m] is None else f"{100 * summary['gap_closed'][m]:.0f}%" for m in names])
-    return ["model"] + names, rows
 
 
 def _calibration(run: Any, path: Path, doc: "Doc", report: Report) -> list[plots.Series]:

@@ -10,6 +10,7 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     steps.jsonl          one line per step: phase, step, epoch, λ, lr, L_s, L_d, L_t, loss
     events.out.tfevents.* the same curves and the validation metrics for TensorBoard
     evals.jsonl          validation metrics at each evaluation
+    test_predictions.npz label, group and each model's output per test row (the bootstrap verdict, distill.results)
     run.json             timings, shared tables, filled values, warnings, versions, world size
 
 Under `torchrun --nproc_per_node=N -m distill train CONFIG` the same function runs on every rank;
@@ -32,18 +33,20 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from distill import distributed, schema
+from distill import distributed, outputs, schema
 from distill.config import Config, config_from_dict, dump_config
 from distill.data.dataset import Encoders, Splits, load_splits
-from distill.data.io import read_table
+from distill.data.io import read_table, resolve_files
 from distill.errors import DistillError
 from distill.models import build_model
 from distill.models.parts import FeatureInfo, share_tables
 from distill.data.loader import InMemoryLoader
 from distill.data.stream import StreamingLoader
 from distill.training.asynchronous import train_async_student
-from distill.training.checkpoint import Checkpoints, atomic_write, require_good
-from distill.training.common import RunLog, evaluate, predict_logits, to_output
+from distill.training.checkpoint import (Checkpoints, CheckpointError, atomic_write, data_fingerprint, disk_full,
+                                        require_good, write_failed)
+from distill.training.common import RunLog, evaluate, label_values, predict_logits, to_output
+from distill.training.log import trim_events
 from distill.training.single import train_single
 from distill.training.sync import train_sync
 
@@ -67,24 +70,23 @@ def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Mod
     return model, names
 
 
-def prepare_output(output: Path, overwrite: bool) -> Path:
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise DistillError(f"{output}: the output directory exists; choose another `output` or pass --overwrite")
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    return partial
+def prepare_output(output: Path, overwrite: bool, kind: str = "run") -> Path:
+    """A fresh, locked `<output>.partial` (README, "What distill may replace"); an interrupted run's
+    checkpoints there are discarded only with `overwrite`."""
+    return outputs.start(output, kind, replace=overwrite, keep_checkpoints=not overwrite)
 
 
 def publish(partial: Path, output: Path) -> None:
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(partial, output)
+    outputs.swap(partial, output)  # the old run aside, the new one in, then the old one deleted
 
 
 def save_checkpoint(model: nn.Module, path: Path, cfg: Config, role: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp), metadata={"role": role, "config": json.dumps(cfg.model_dump(mode="json"))})
+    try:
+        save_model(model, str(tmp), metadata={"role": role, "config": json.dumps(cfg.model_dump(mode="json"))})
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written model must not stay behind (a full disk stays full)
+        raise
     os.replace(tmp, path)
 
 
@@ -135,8 +137,9 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                                 "world_size": distributed.world(),
                                 "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
                                 "filled_values": splits.train_missing or {}}
-        for n, c in (splits.train_missing or {}).items():
-            log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, filled and flagged")
+        for n, c in (splits.train_missing or {}).items():  # a category's NaN and inf count here too
+            how = "filled and flagged" if splits.encoders.features[n].kind == "numeric" else "read as missing (the out-of-vocabulary bucket)"
+            log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, {how}")
         label = splits.encoders.label
         models, features = _build_all(cfg, splits.encoders, teacher_run)
         distributed.seed_rank(seed)
@@ -149,7 +152,10 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
             info["shared_tables"] = share_tables(models["teacher"], models["student"], common)
             log.info(f"sharing embedding tables: {', '.join(info['shared_tables']) or 'none'}")
 
-        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models, write=main)
+        # What the checkpoints were trained on, so a resume on other data is refused (only rank 0 reads them)
+        fingerprint = _fingerprint(cfg, splits.encoders) if main and cfg.train.checkpoint_every else None
+        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models, write=main,
+                           fingerprint=fingerprint, on_save=log.flush)
         if resume:
             _resume(ckpt, partial)
             for w in ckpt.warnings:
@@ -192,18 +198,38 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         results = {role: _evaluate_all(models[role], features[role], splits, label) for role in ROLES if role in models}
 
         def finish() -> None:
-            _write_run(partial, cfg, splits.encoders, models, results, info)
-            log.close()
+            try:
+                _write_run(partial, cfg, splits.encoders, models, results, info)
+                try:  # for the bootstrap verdict (distill.results)
+                    write_test_predictions(partial, models, features, splits)
+                except OSError as e:
+                    raise write_failed(partial / "test_predictions.npz", e) from None
+                try:
+                    log.close()
+                except OSError as e:
+                    raise write_failed(partial / "steps.jsonl", e) from None
+            except DistillError as e:  # the disk filled up (or failed) with training done
+                for name in RUN_FILES:  # whole but useless without the rest; the checkpoints hold the models
+                    (partial / name).unlink(missing_ok=True)
+                if ckpt.files():
+                    raise CheckpointError(f"{e}; the trained models are kept in {partial / 'checkpoints'}: "
+                                          f"free some space and rerun with --resume {output}") from None
+                raise DistillError(f"{e}; the trained models are lost (train.checkpoint_every is off, "
+                                   "so nothing was kept to resume from)") from None
             shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the run is complete: weights are saved
             publish(partial, output)
 
         distributed.on_main(finish)
     except BaseException as error:
-        log.close()
+        try:
+            log.close()
+        except Exception:  # a full disk (TensorBoard's thread re-raises its own): the error that got us here is the one to report
+            pass
+        outputs.release(partial)
         e = distributed.peer_failure(error) or error  # a lost peer reads as one line, not a gloo traceback
         if main:  # rank 0 owns the run directory and decides what to keep
             if cfg.train.checkpoint_every and any((partial / "checkpoints").glob("ckpt-*.pt")):
-                if isinstance(e, DistillError):  # keep what can be resumed, and say how
+                if isinstance(e, DistillError) and not isinstance(e, CheckpointError):  # keep what can be resumed, and say how
                     raise DistillError(f"{e}; checkpoints kept in {partial}, continue with --resume {output}") from None
             else:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -234,6 +260,11 @@ def _resume(ckpt: Checkpoints, partial: Path) -> None:
         for role, sd in state["models"].items():
             ckpt.models[role].load_state_dict(sd)
         ckpt.completed, ckpt.resume = state["completed"], state["resume"]
+
+
+def _fingerprint(cfg: Config, encoders: Encoders) -> dict[str, Any]:
+    files = {split: resolve_files(spec) for split in ("train", "valid", "test") if (spec := getattr(cfg.data, split))}
+    return data_fingerprint(files, encoders.to_dict())
 
 
 def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoader":
@@ -267,6 +298,7 @@ def resume_output(output: Path, cfg: Config) -> Path:
     if not partial.is_dir():
         hint = " (it finished: nothing to resume)" if (output / "metrics.json").is_file() else ""
         raise DistillError(f"--resume {output}: no interrupted run there (no {partial.name}){hint}")
+    outputs.lock(partial, output)  # two trainings in one checkpoint folder would corrupt it
     saved = partial / "config.yaml"
     if saved.is_file():
         import yaml
@@ -274,6 +306,7 @@ def resume_output(output: Path, cfg: Config) -> Path:
         ours = cfg.model_dump(mode="json")
         diff = [k for k in ours if k != "output" and ours.get(k) != theirs.get(k)]
         if diff:
+            outputs.release(partial)
             raise DistillError(f"--resume {output}: the config differs from the interrupted run's in '{diff[0]}'")
     return partial
 
@@ -287,12 +320,17 @@ def trim_logs(partial: Path, ckpt: Checkpoints) -> None:
             continue
         kept = []
         for line in path.read_text().splitlines():
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # the last line, torn by the kill or a full disk: that step replays
+                continue
             done = rec["phase"] in ckpt.completed
             redo_from = current["step"] + (0 if name == "steps.jsonl" else 1) if current and rec["phase"] == current["phase"] else None
             if done or (redo_from is not None and rec["step"] < redo_from):
                 kept.append(line)
         atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
+    if ckpt.logged_until is not None:  # checkpoints before it carry no time: their events are left as they are
+        trim_events(partial, ckpt.logged_until)
 
 
 def _params(m: nn.Module) -> int:
@@ -310,19 +348,55 @@ def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label) 
     return out
 
 
+# What _write_run adds to the .partial beside config.yaml and the logs (removed again if it fails).
+RUN_FILES = ("schema.json", "encoders.json", *(f"{r}.safetensors" for r in ROLES), "metrics.json", "run.json",
+             "test_predictions.npz")
+
+
 def _write_run(d: Path, cfg: Config, encoders: Encoders, models: dict[str, nn.Module],
                results: dict, info: dict) -> None:
-    (d / "config.yaml").write_text(dump_config(cfg))
-    (d / "schema.json").write_text(json.dumps({
-        "task": cfg.task.model_dump(), "classes": encoders.label.classes,
-        "serving": [f.model_dump() for f in schema.serving(cfg)],
-        "privileged": [f.model_dump() for f in schema.privileged(cfg)],
-    }, indent=2))
-    encoders.save(d / "encoders.json")
+    """Each file whole or not at all (a full disk leaves no half file); a failure carries the path."""
+    files: list[tuple[str, Any]] = [
+        ("config.yaml", lambda p: atomic_write(p, dump_config(cfg).encode())),
+        ("schema.json", lambda p: atomic_write(p, json.dumps({
+            "task": cfg.task.model_dump(), "classes": encoders.label.classes,
+            "serving": [f.model_dump() for f in schema.serving(cfg)],
+            "privileged": [f.model_dump() for f in schema.privileged(cfg)],
+        }, indent=2).encode())),
+        ("encoders.json", lambda p: atomic_write(p, json.dumps(encoders.to_dict()).encode())),
+        *((f"{role}.safetensors", lambda p, m=model, r=role: save_checkpoint(m, p, cfg, r)) for role, model in models.items()),
+        ("metrics.json", lambda p: atomic_write(p, json.dumps(results, indent=2).encode())),
+        ("run.json", lambda p: atomic_write(p, json.dumps(info, indent=2, default=float).encode())),
+    ]
+    for name, write in files:
+        try:
+            write(d / name)
+        except Exception as e:  # safetensors reports a full disk as its own error type
+            if isinstance(e, OSError) or disk_full(e):
+                raise write_failed(d / name, e) from None
+            raise
+
+
+PREDICTION_ROWS = 200_000  # a larger test split is subsampled (fixed seed): the interval only gets a little wider
+
+
+def write_test_predictions(d: Path, models: dict[str, nn.Module], features: dict[str, list[str]], splits: Splits) -> None:
+    """test_predictions.npz: label, group and each model's output per test row, so that the paired
+    bootstrap of `distill.results` can resample the same rows for student and baseline."""
+    test = splits.test
+    if test is None or test.y is None:
+        return
+    label = splits.encoders.label
+    rows = np.arange(len(test))
+    if len(rows) > PREDICTION_ROWS:
+        rows = np.sort(np.random.default_rng(0).choice(len(rows), PREDICTION_ROWS, replace=False))
+    arrays = {"y": label_values(test, label)[rows]}
+    if test.group is not None:
+        arrays["group"] = test.group[rows]
     for role, model in models.items():
-        save_checkpoint(model, d / f"{role}.safetensors", cfg, role)
-    (d / "metrics.json").write_text(json.dumps(results, indent=2))
-    (d / "run.json").write_text(json.dumps(info, indent=2, default=float))
+        arrays[role] = to_output(predict_logits(model, test, features[role]), label)[rows]
+    with open(d / "test_predictions.npz", "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _teacher_run(cfg: Config) -> "Run":
@@ -332,7 +406,7 @@ def _teacher_run(cfg: Config) -> "Run":
         path = path.parent
     if not (path / "teacher.safetensors").is_file():
         raise DistillError(f"distillation.teacher_checkpoint: {path} holds no teacher.safetensors (give a run directory)")
-    run = load_run(path)
+    run = load_run(path, roles=("teacher",))
     theirs = {f["name"]: f["type"] for f in run.schema["serving"] + run.schema["privileged"]}
     for f in cfg.features:
         if theirs.get(f.name) != f.type:
@@ -364,18 +438,19 @@ class Run:
     def serving_features(self) -> list[str]:
         return self.features.get("student") or self.features["baseline"]
 
-    def predict(self, data: str | Path | pa.Table, role: str = "student") -> np.ndarray:
+    def predict(self, data: Any, role: str = "student") -> np.ndarray:
         """Probabilities (binary), class probabilities (multiclass) or values (regression).
+
+        `data`: a path (Parquet or CSV), a pyarrow Table, a pandas DataFrame or a list of row dicts.
 
         The student reads serving features only; other columns of `data` are ignored.
         """
-        table = data if isinstance(data, pa.Table) else read_table(str(data))
-        where = "data" if isinstance(data, pa.Table) else str(data)
+        table, where = as_table(data)
         names = self.features[role]
         enc = self.encoders.encode(self.config, table, where, features=names, label=False)
         return to_output(predict_logits(self.models[role], enc, names), self.encoders.label)
 
-    def evaluate(self, data: str | Path | pa.Table | None = None) -> dict[str, dict[str, Any]]:
+    def evaluate(self, data: Any = None) -> dict[str, dict[str, Any]]:
         """Metrics of each model on `data` (default: the run's valid and test splits).
 
         A model whose features are missing from the data (the teacher without privileged columns)
@@ -386,8 +461,8 @@ class Run:
             tables = {s: read_table(p, self.config.data.format) for s, p in specs.items()}
             wheres = specs
         else:
-            tables = {"data": data if isinstance(data, pa.Table) else read_table(str(data))}
-            wheres = {"data": "data" if isinstance(data, pa.Table) else str(data)}
+            table, where = as_table(data)
+            tables, wheres = {"data": table}, {"data": where}
         out: dict[str, dict[str, Any]] = {}
         for role, model in self.models.items():
             out[role] = {}
@@ -401,8 +476,32 @@ class Run:
         return out
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a run directory written by `train` (no training data needed)."""
+def as_table(data: Any) -> tuple[pa.Table, str]:
+    """(table, how to name it in messages) from a path, a pyarrow Table, a pandas DataFrame (or any
+    object with the Arrow stream interface) or a list of row dicts."""
+    if isinstance(data, pa.Table):
+        return data, "data"
+    if isinstance(data, (str, Path)):
+        return read_table(str(data)), str(data)
+    if type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):  # pandas is not a dependency
+        return pa.Table.from_pandas(data, preserve_index=False), "DataFrame"
+    if hasattr(data, "__arrow_c_stream__"):  # polars, pyarrow readers, ...
+        return pa.table(data), type(data).__name__
+    if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
+        try:
+            return pa.Table.from_pylist(data), "rows"
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise DistillError(f"rows: cannot make a table of them ({e})") from None
+    raise TypeError(f"data: expected a path, a pyarrow Table, a pandas DataFrame or a non-empty list of row dicts, "
+                    f"not {type(data).__name__}")
+
+
+def load_run(path: str | Path, roles: tuple[str, ...] | list[str] | None = None) -> Run:
+    """Load a run directory written by `train` (no training data needed).
+
+    `roles` (default: every checkpoint there) says which models to build: a `module:` model's
+    factory is imported to build it, so serving the student must not build the teacher.
+    """
     path = Path(path)
     if not (path / "config.yaml").is_file():
         raise DistillError(f"{path}: not a distill run directory (no config.yaml)")
@@ -417,7 +516,7 @@ def load_run(path: str | Path) -> Run:
     run = Run(path, cfg, encoders, schema_d, metrics_d)
     for role in ROLES:
         f = path / f"{role}.safetensors"
-        if not f.is_file():
+        if not f.is_file() or (roles is not None and role not in roles):
             continue
         with torch.random.fork_rng(devices=[]):  # build seeds torch's RNG: leave the caller's as it was
             model, names = build(cfg, encoders, role, 0)

@@ -51,8 +51,13 @@ def model_features(cfg: Config, role: str) -> list[FeatureConfig]:
         raise DistillError(f"{role}.features: selects no feature")
     if mc.user_features is not None:
         for n in mc.user_features:
-            if n not in names:
-                raise DistillError(f"{role}.user_features: '{n}' is not among the {role}'s features")
+            if n in names:
+                continue
+            if n in by_name and by_name[n].privileged and role == "student":
+                raise DistillError(f"student.user_features: '{n}' is privileged: the student serves without it")
+            close = difflib.get_close_matches(n, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DistillError(f"{role}.user_features: '{n}' is not among the {role}'s features{hint}")
     return chosen
 
 

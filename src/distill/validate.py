@@ -109,10 +109,11 @@ def _label_info(label: Any, parts: dict[str, Any]) -> dict[str, Any]:
 
 def render(v: Validation, cfg: Config, console: Any) -> None:
     """Print what would be trained (a rich Console)."""
+    from rich.markup import escape  # names and messages print literally: a [bracket] is not markup
     from rich.table import Table
 
     d, t = cfg.distillation, cfg.train
-    console.print(f"task [bold]{cfg.task.type}[/] on '{cfg.task.label}'" + (f", GAUC over '{cfg.task.group}'" if cfg.task.group else ""),
+    console.print(f"task [bold]{cfg.task.type}[/] on '{escape(cfg.task.label)}'" + (f", GAUC over '{escape(cfg.task.group)}'" if cfg.task.group else ""),
                   highlight=False)
     console.print("rows: " + ", ".join(f"{k} {n:,}" for k, n in v.rows.items()), highlight=False)
     if cfg.task.type == "binary":
@@ -121,7 +122,7 @@ def render(v: Validation, cfg: Config, console: Any) -> None:
         console.print(f"classes: {v.label['classes']}", highlight=False)
     for split, cols in v.filled.items():
         console.print(f"filled in {split} (missing or non-finite, flagged): "
-                      + ", ".join(f"{c} {n:,}" for c, n in cols.items()), highlight=False)
+                      + ", ".join(f"{c} {n:,}" for c, n in cols.items()), highlight=False, markup=False)
     # Features as rows, models as columns: who reads what is visible at a glance.
     feats = Table(title="features", title_justify="left")
     readers = [m for m in v.models if m.role != "baseline"] or v.models  # the baseline reads what the student reads
@@ -131,24 +132,24 @@ def render(v: Validation, cfg: Config, console: Any) -> None:
     for m in readers:
         feats.add_column(m.role, justify="center")
     for f in cfg.features:
-        feats.add_row(f.name, f.type, "[bold]yes[/]" if f.privileged else "",
+        feats.add_row(escape(f.name), f.type, "[bold]yes[/]" if f.privileged else "",
                       *["✓" if f.name in m.features else "" for m in readers])
     console.print(feats)
     models = Table(title="what would be trained", title_justify="left")
     for col in ("model", "architecture", "features", "privileged", "parameters"):
         models.add_column(col, justify="right" if col in ("features", "privileged", "parameters") else "left")
     for m in v.models:
-        models.add_row(m.role, m.model, str(len(m.features)), str(len(m.privileged)), f"{m.parameters:,}")
+        models.add_row(m.role, escape(m.model), str(len(m.features)), str(len(m.privileged)), f"{m.parameters:,}")
     console.print(models)
     if d.mode != "none":
         sched = d.schedule.type + (f" over {d.schedule.steps} steps" if d.schedule.steps else "")
         console.print(f"distillation: mode [bold]{d.mode}[/], λ = {d.weight} ({sched}), temperature {d.temperature}", highlight=False)
     if v.shared_tables:
-        console.print("shared embedding tables: " + ", ".join(v.shared_tables), highlight=False)
+        console.print("shared embedding tables: " + ", ".join(v.shared_tables), highlight=False, markup=False)
     from distill.training.common import stopping_metric
     metric, patience = stopping_metric(cfg)
     console.print(f"training: {t.epochs} epoch(s) × {v.steps_per_epoch:,} steps of {t.batch_size:,} rows = "
                   f"{t.epochs * v.steps_per_epoch:,} steps per model; keeping the best validation {metric}"
                   + (f", stopping after {patience} evaluation(s) without progress" if patience else ""), highlight=False)
     for w in v.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

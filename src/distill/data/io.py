@@ -67,8 +67,30 @@ def read_table(spec: str, fmt: str = "auto", columns: list[str] | None = None, b
     tables = [read_file(f, fmt, columns) for f in files]
     try:
         table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-    except pa.ArrowInvalid as e:
-        raise DistillError(f"{spec}: files of this split disagree on column types: {str(e).splitlines()[0]}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # int64 in one file, string in another is a TypeError
+        raise DistillError(_disagreement(spec, files, tables) or
+                           f"{spec}: files of this split disagree on column types: {str(e).splitlines()[0]}") from None
     if table.num_rows == 0:
         raise DistillError(f"{spec}: the split has no rows")
     return table
+
+
+def _disagreement(spec: str, files: list[Path], tables: list[pa.Table]) -> str | None:
+    """The first column whose type differs between two files of a split, said with both files."""
+    first: dict[str, tuple[pa.DataType, Path]] = {}
+    for f, t in zip(files, tables):
+        for name, typ in zip(t.column_names, t.schema.types):
+            seen, where = first.setdefault(name, (typ, f))
+            if seen != typ and not _unifies(name, seen, typ):
+                return (f"{spec}: column '{name}' is {seen} in {where.name} but {typ} in {f.name}; "
+                        f"the files of a split must agree on each column's type")
+    return None
+
+
+def _unifies(name: str, a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether concat_tables' permissive promotion can join the two types (int32 and int64 can)."""
+    try:
+        pa.unify_schemas([pa.schema([(name, a)]), pa.schema([(name, b)])], promote_options="permissive")
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return False

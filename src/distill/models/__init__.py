@@ -2,7 +2,9 @@
 
 Every model is `factory(spec: ModelSpec) -> nn.Module` whose forward takes a `Batch` and returns
 logits: (B,) for binary and regression, (B, C) for multiclass. A user's own factory plugs in as
-``model: "module:pkg.mod:factory"``.
+``model: "module:pkg.mod:factory"``, imported from sys.path (an installed package, or a directory on
+PYTHONPATH; `python -m distill` does not search the working directory). Importing it runs its code:
+a run directory whose config names one is code, not data (README, "Trust boundary").
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def resolve_factory(name: str) -> Callable[[ModelSpec], nn.Module]:
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
-        raise DistillError(f"model '{name}': cannot import '{mod_name}': {e}") from None
+        raise DistillError(f"model '{name}': cannot import '{mod_name}': {e} (module: imports from sys.path: "
+                           f"install the package or add its directory to PYTHONPATH, e.g. PYTHONPATH=.)") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise DistillError(f"model '{name}': '{mod_name}' has no callable '{attr}'")

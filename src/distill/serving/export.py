@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 from torch import nn
 
 from distill.data.batch import Batch
+from distill import outputs
 from distill.data.encoders import Encoders, LabelEncoder
 from distill.data.kinds import KINDS
 from distill.errors import DistillError
@@ -88,6 +87,8 @@ def write_graph(graph: ServingGraph, example: tuple[torch.Tensor, ...], kinds: l
                 names = json.dumps(graph.names).encode()
                 torch.jit.save(torch.jit.trace(graph, example), str(path), _extra_files={INPUT_NAMES: names})
         except Exception as e:  # a user's own model may use an op the exporter does not know
+            if outputs.no_space(e):
+                raise  # not the model's fault: export() says so in one line
             raise DistillError(f"cannot export the student to {fmt}: {str(e).strip().splitlines()[0]}") from None
 
 
@@ -100,17 +101,15 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
     """
     if fmt not in FORMATS:
         raise DistillError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
-    run = run if isinstance(run, Run) else load_run(run)
+    if not isinstance(run, Run):  # the serving model alone: a teacher's `module:` factory is never imported
+        run = load_run(run, roles=("student",) if (Path(run) / "student.safetensors").is_file() else ("baseline",))
     role = serving_role(run)
     if role not in run.models:
         raise DistillError(f"{run.path}: the run holds no student or baseline checkpoint to export")
     out = Path(out) if out is not None else run.path / f"export-{fmt}"
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DistillError(f"{out}: exists; choose another --out")
+    # only an export distill wrote is replaced, never the run itself nor a directory holding it
+    partial = outputs.start(out, "export", replace=overwrite, protect=(run.path,))
     names = run.features[role]
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
         serving_encoders = Encoders({n: run.encoders.features[n] for n in names}, run.encoders.label)
         serving_encoders.save(partial / "encoders.json")
@@ -126,11 +125,11 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
                 raise DistillError(f"leak check failed, nothing exported: {report.failure}")
             manifest["leak_check"] = report.to_dict()
             (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        outputs.swap(partial, out)
+    except BaseException as e:
+        outputs.discard(partial)
+        if outputs.no_space(e):
+            raise DistillError(f"{out}: no space left on device while writing the export; nothing was written") from None
         raise
     return out
 

@@ -8,6 +8,8 @@ and the leak check all go through (encoders from encoders.json, then ONNX Runtim
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import tempfile
 import warnings
@@ -20,16 +22,20 @@ import pyarrow as pa
 from distill.data.encoders import Encoders
 from distill.data.kinds import KINDS
 from distill.errors import DistillError
-from distill.serving.manifest import INPUT_NAMES, sha256
+from distill.serving.manifest import INPUT_NAMES
 
 # Column types a row's values are put in before encoding (the encoders accept these for any file).
 ROW_TYPES = {name: kind.row_type for name, kind in KINDS.items()}
+
+TORCHSCRIPT_IS_CODE = ("{where}: a TorchScript export is code and can do anything (read or overwrite files); "
+                       "load it only if you trust who wrote it, with --trust-torchscript (Python: trust_torchscript=True), "
+                       "or serve an ONNX export")
 
 
 class ExportedModel:
     """An export directory, loaded: `predict(table or rows) -> (N,) or (N, C)` float32."""
 
-    def __init__(self, directory: str | Path, threads: int | None = None):
+    def __init__(self, directory: str | Path, threads: int | None = None, trust_torchscript: bool = False):
         self.directory = Path(directory)
         self._tmp: tempfile.TemporaryDirectory | None = None  # set by load_model for an on-the-fly export
         path = self.directory / "manifest.json"
@@ -37,37 +43,54 @@ class ExportedModel:
             raise DistillError(f"{self.directory}: not an exported model (no manifest.json)")
         try:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
+            check_manifest(path, self.manifest)
             self.format: str = self.manifest["format"]
+            if self.format == "torchscript" and not trust_torchscript:
+                raise DistillError(TORCHSCRIPT_IS_CODE.format(where=self.directory))
             graph_file = self.directory / self.manifest["file"]
-            for name, digest in self.manifest["sha256"].items():
-                if not name.startswith("source:") and sha256(self.directory / name) != digest:
-                    raise DistillError(f"{self.directory / name}: does not match the manifest's sha256 (modified or corrupt)")
-            self.encoders = Encoders.load(self.directory / "encoders.json")
+            for key in self.manifest["sha256"]:  # (source:* keys name files of the run, never opened here)
+                if not key.startswith("source:") and not _plain_name(self.directory, key):
+                    raise DistillError(f"{path}: sha256 key '{key}' is not a file name inside the export")
+            # Each file is read once, checked against the manifest, and loaded from those bytes.
+            graph_bytes = self._verified(self.manifest["file"])
+            self.encoders = load_encoders(self.directory / "encoders.json", self.manifest, self._verified("encoders.json"))
         except (OSError, KeyError, json.JSONDecodeError) as e:
             raise DistillError(f"{self.directory}: the export is incomplete or corrupt ({e})") from None
         self.names: list[str] = [f["name"] for f in self.manifest["serving"]]
         self.kinds: dict[str, str] = {f["name"]: f["type"] for f in self.manifest["serving"]}
-        unknown = [k for k in self.kinds.values() if k not in KINDS]
-        if unknown:
-            raise DistillError(f"{path}: unknown feature type '{unknown[0]}' (known: {', '.join(KINDS)})")
         self.privileged: list[str] = list(self.manifest.get("privileged", []))
         self.outputs: list[str] = list(self.manifest["outputs"])
         self.threads = threads
         try:
-            self._load_graph(graph_file, threads)
+            self._load_graph(graph_bytes, threads)
         except DistillError:
             raise
         except Exception as e:  # the runtimes raise their own types for a file they cannot read
             raise DistillError(f"{graph_file}: cannot load the {self.format} graph ({str(e).strip().splitlines()[0]})") from None
 
-    def _load_graph(self, path: Path, threads: int | None) -> None:
+    def _verified(self, name: str) -> bytes:
+        """The bytes of `name`, a file of the export listed in the manifest's sha256 with its digest.
+
+        The manifest is written by whoever wrote the model, so it proves nothing about who that
+        was; what it can do is stop the loader reading anything but the export's own files.
+        """
+        digests = self.manifest["sha256"]
+        if name not in digests or name.startswith("source:"):
+            raise DistillError(f"{self.directory / 'manifest.json'}: '{name}' has no sha256 entry")
+        data = (self.directory / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digests[name]:
+            raise DistillError(f"{self.directory / name}: does not match the manifest's sha256 (modified or corrupt)")
+        return data
+
+    def _load_graph(self, graph: bytes, threads: int | None) -> None:
         if self.format == "onnx":
             import onnxruntime as ort
             opts = ort.SessionOptions()
             if threads:
                 opts.intra_op_num_threads = threads
                 opts.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            # from bytes: ONNX Runtime then has no directory to resolve external-data files in
+            self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
             self.graph_inputs = [i.name for i in self._session.get_inputs()]
         elif self.format == "torchscript":
             import torch
@@ -76,7 +99,7 @@ class ExportedModel:
             extra = {INPUT_NAMES: ""}
             with warnings.catch_warnings():  # "deprecated": TorchScript is the format asked for
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self._module = torch.jit.load(str(path), _extra_files=extra).eval()
+                self._module = torch.jit.load(io.BytesIO(graph), _extra_files=extra).eval()
             arity = len(list(self._module.graph.inputs())) - 1  # after `self`
             named = json.loads(extra[INPUT_NAMES] or "[]")
             # the archive's names for the positional inputs; a count mismatch shows as extra "?"s
@@ -142,3 +165,67 @@ class ExportedModel:
         if pred.ndim == 1:
             return {self.outputs[0]: pred}
         return {name: pred[:, j] for j, name in enumerate(self.outputs)}
+
+
+def _plain_name(directory: Path, name: str) -> bool:
+    """`name` is one file name inside `directory`: no separator, no '..', not absolute, and it
+    does not resolve (through a link) to somewhere else."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or Path(name).is_absolute():
+        return False
+    return (directory / name).resolve().parent == directory.resolve()
+
+
+# ---------------------------------------------------------------------- a corrupt export is one line
+
+_JSON = {dict: "an object", list: "a list", str: "a string"}
+
+
+def check_manifest(path: Path, manifest: Any) -> None:
+    """The keys the loader reads, in the shapes it reads them: a hand-edited or damaged manifest
+    is one line naming the key, not a KeyError or TypeError later on."""
+    if not isinstance(manifest, dict):
+        raise DistillError(f"{path}: expected a JSON object, found {_JSON.get(type(manifest), type(manifest).__name__)}")
+    for key, kind in (("format", str), ("file", str), ("sha256", dict), ("task", dict), ("serving", list), ("outputs", list)):
+        if key not in manifest:
+            raise DistillError(f"{path}: missing key '{key}'")
+        if not isinstance(manifest[key], kind):
+            raise DistillError(f"{path}: '{key}' must be {_JSON[kind]}")
+    for i, f in enumerate(manifest["serving"]):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in ROW_TYPES:
+            raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(ROW_TYPES)})")
+
+
+def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders:
+    """encoders.json (`data`, its verified bytes), checked against itself and against the
+    manifest's serving features."""
+    raw = json.loads(data)
+    if not isinstance(raw, dict) or not isinstance(raw.get("features"), list) or not isinstance(raw.get("label"), dict):
+        raise DistillError(f"{path}: expected an object with 'features' (a list) and 'label' (an object)")
+    by_name: dict[str, dict[str, Any]] = {}
+    for i, f in enumerate(raw["features"]):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("kind") not in ROW_TYPES:
+            raise DistillError(f"{path}: features[{i}] must be an object with a 'name' and a 'kind' ({', '.join(ROW_TYPES)})")
+        by_name[f["name"]] = f
+        if f["kind"] == "numeric":
+            for key in ("mean", "std"):
+                if not isinstance(f.get(key, 0.0), (int, float)) or not np.isfinite(f.get(key, 0.0)):
+                    raise DistillError(f"{path}: features[{i}] ('{f['name']}'): '{key}' must be a finite number")
+            continue
+        vocab, buckets = f.get("vocab"), f.get("hash_buckets")
+        if buckets is not None:
+            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): 'hash_buckets' must be a positive integer")
+        elif not isinstance(vocab, list):
+            raise DistillError(f"{path}: features[{i}] ('{f['name']}'): needs a 'vocab' list or 'hash_buckets'")
+        else:
+            bad = next((j for j, v in enumerate(vocab) if not isinstance(v, str)), None)
+            if bad is not None:
+                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): vocab[{bad}] is {json.dumps(vocab[bad])}; "
+                                   f"the vocabulary holds strings only (missing values go to the out-of-vocabulary bucket)")
+    for f in manifest["serving"]:
+        enc = by_name.get(f["name"])
+        if enc is None:
+            raise DistillError(f"{path}: no encoder for serving feature '{f['name']}' (listed in manifest.json)")
+        if enc["kind"] != f["type"]:
+            raise DistillError(f"{path}: feature '{f['name']}' is {enc['kind']} here but {f['type']} in manifest.json")
+    return Encoders.from_dict(raw)

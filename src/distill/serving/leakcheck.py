@@ -75,7 +75,7 @@ def perturb_privileged(run: Run, table: pa.Table, seed: int = 1) -> pa.Table:
 
 def leak_check(run: Run, export_dir: str | Path, table: pa.Table | None = None) -> LeakReport:
     """Run the three checks on an export of `run`; `table` defaults to synthetic rows."""
-    model = ExportedModel(export_dir)
+    model = ExportedModel(export_dir, trust_torchscript=True)  # the file export() has just written
     role = serving_role(run)
     names = run.features[role]
     privileged = [f["name"] for f in run.schema["privileged"]]

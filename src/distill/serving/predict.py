@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from distill.data.io import file_format, resolve_files
 from distill.data.kinds import KINDS
 from distill.errors import DistillError
+from distill.outputs import no_space
 from distill.serving.exported import ExportedModel
 
 CSV_BLOCK_BYTES = 16 << 20
@@ -45,9 +46,27 @@ def _csv_parse(path: Path) -> pacsv.ParseOptions:
     return pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
 
 
+def check_output(out: Path) -> None:
+    """Refuse an output path that cannot be written before any row is scored, not after."""
+    if out.is_dir() or not out.name or out.name in (".", ".."):
+        raise DistillError(f"{out}: is a directory; -o takes the Parquet file to write, e.g. {out / 'scores.parquet'}")
+    parent = out.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise DistillError(f"{out}: cannot write there: {parent} {what}")
+
+
 def iter_chunks(path: Path, kind: str, columns: list[str], types: dict[str, pa.DataType],
                 chunk_rows: int) -> Iterator[pa.RecordBatch]:
     """Record batches of `columns` from one file, never the whole file at once."""
+    try:
+        yield from _chunks(path, kind, columns, types, chunk_rows)
+    except OSError as e:  # e.g. "File too short": the file was truncated while it was read
+        raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
+
+
+def _chunks(path: Path, kind: str, columns: list[str], types: dict[str, pa.DataType],
+            chunk_rows: int) -> Iterator[pa.RecordBatch]:
     if kind == "parquet":
         yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=columns)
         return
@@ -67,7 +86,9 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
     columns, then prob | prob_<class>... | value."""
     keep = list(keep or [])
     out = Path(out)
+    check_output(out)
     files = resolve_files(str(data))
+    _check_output(out, files)
     summary = ScoreSummary()
     tmp = out.with_name(out.name + ".partial")
     writer: pq.ParquetWriter | None = None
@@ -79,9 +100,11 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
             except (pa.ArrowInvalid, OSError) as e:
                 raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
             for c in model.names + keep:
+                what = "serving feature" if c in model.names else "--keep column"
                 if c not in have:
-                    what = "serving feature" if c in model.names else "--keep column"
                     raise DistillError(f"{path}: missing {what} '{c}'")
+                if have.count(c) > 1:
+                    raise DistillError(f"{path}: {have.count(c)} columns are named '{c}' (a {what}); rename or drop the extra ones")
             if not summary.chunks and not summary.ignored:
                 summary.ignored = [c for c in have if c not in model.names and c not in keep]
                 summary.ignored_privileged = [c for c in summary.ignored if c in model.privileged]
@@ -112,9 +135,25 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
         writer.close()
         writer = None
         os.replace(tmp, out)
+    except OSError as e:
+        if no_space(e):  # the partial file goes in `finally`
+            raise DistillError(f"{out}: no space left on device while writing the predictions; nothing was written") from None
+        raise
     finally:
         if writer is not None:
             writer.close()
         if tmp.exists():
             tmp.unlink()
     return summary
+
+
+def _check_output(out: Path, inputs: list[Path]) -> None:
+    """Replace a Parquet file at `out`, never an input, a directory or a file of another kind."""
+    if out.is_dir():
+        raise DistillError(f"--output {out}: is a directory; give the Parquet file to write")
+    if out.exists() and any(os.path.realpath(out) == os.path.realpath(p) for p in inputs):
+        raise DistillError(f"--output {out}: is an input file; write the predictions elsewhere")
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(4) != b"PAR1":
+                raise DistillError(f"--output {out}: exists and is not a Parquet file; distill will not replace it")

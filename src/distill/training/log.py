@@ -17,11 +17,15 @@ On stderr: a rich progress bar per phase on a terminal (steps, samples/s, smooth
 elsewhere (CI, a file) a plain line at every tenth of a phase or every minute, whichever comes first.
 `step` is called every optimizer step, so it stays cheap: buffered file writes, no flush, the bar
 redrawn at most ten times a second, TensorBoard points thinned to about 1000 per curve and phase.
+`flush` (called before every checkpoint is written) puts everything logged so far on disk, and on a
+resume `trim_events` drops the TensorBoard points logged after the checkpoint: each step once.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,27 +175,45 @@ class RunLog:
                 self._show(p)
         self._end_phase()
 
+    def flush(self) -> None:
+        """Everything logged so far onto the disk (a checkpoint is about to record this moment)."""
+        for f in self._files.values():
+            f.flush()
+            os.fsync(f.fileno())
+        if self._writer is not None:
+            self._writer.flush()  # waits for the writer's thread to drain its queue
+
     def close(self) -> None:
         self._end_phase()
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        for f in self._files.values():
-            f.close()
+        # Everything is closed even when a write fails (a full disk); the first failure is raised after.
+        failed: BaseException | None = None
+        for f in [*self._files.values(), self._writer]:
+            try:
+                if f is not None:
+                    f.close()
+            except Exception as e:
+                failed = failed or e
         self._files.clear()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._writer = None
+        if failed is not None:
+            raise failed
 
     # ------------------------------------------------------------------ files
 
     def _write(self, name: str, record: dict[str, Any]) -> None:
         if self.directory is None:
             return
-        f = self._files.get(name)
-        if f is None:
-            f = self._files[name] = open(self.directory / name, "a")
-        f.write(json.dumps(record) + "\n")
+        try:
+            f = self._files.get(name)
+            if f is None:
+                f = self._files[name] = open(self.directory / name, "a")
+            f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk, met when the buffer is written out: one line, not a traceback
+            from distill.training.checkpoint import write_failed
+            raise write_failed(self.directory / name, e) from None
 
     def _tb(self) -> Any:
         if self._writer is None and not self._tb_failed and self.tensorboard and self.directory is not None:
@@ -203,13 +225,18 @@ class RunLog:
                 return None
             # flush_secs: the writer's own thread flushes; nothing here waits on the disk per step
             self._writer = SummaryWriter(log_dir=str(self.directory), flush_secs=30)
+            _quiet_tensorboard_thread()
         return self._writer
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         writer = self._tb()
         if writer is not None:
-            for tag, v in values.items():
-                writer.add_scalar(tag, v, step)
+            try:
+                for tag, v in values.items():
+                    writer.add_scalar(tag, v, step)
+            except OSError as e:  # the writer's thread met a full disk; it says so at the next add
+                from distill.training.checkpoint import write_failed
+                raise write_failed(Path(writer.get_logdir()) / "events.out.tfevents.*", e) from None
 
     def _custom_layout(self, metrics: list[str]) -> None:
         """One chart per validation metric with every model on it (TensorBoard's Custom Scalars)."""
@@ -251,6 +278,58 @@ class RunLog:
             seconds = time.perf_counter() - p.t0
             early = f" of {p.total:,} (stopped early)" if p.done < p.total and p.unit == "steps" else ""
             self.info(f"[{p.name}] done: {p.done - p.first:,} {p.unit}{early} in {seconds:.1f}s ({p.rate():,.0f} samples/s)")
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard's writer thread re-raises a failed write (a full disk), and Python prints that as a
+    traceback; the same error reaches the main thread at the next add or flush, which reports it in
+    one line. So the thread's copy is not printed; every other thread's exception still is."""
+    previous = threading.excepthook
+    if getattr(previous, "_distill", False):
+        return
+
+    def hook(args: Any) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and isinstance(args.exc_value, OSError):
+            return
+        previous(args)
+
+    hook._distill = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+def trim_events(directory: Path, until: float) -> None:
+    """Keep only the TensorBoard events written up to `until` (a checkpoint's time.time()) in
+    `directory`: the steps after it are logged again by the resumed run. TensorBoard's own
+    `purge_step` will not do: it hides every tag's points from that step on, and the phases each count
+    their steps from 0. The old files become one, under the oldest name so it still sorts first."""
+    files = sorted(f for f in directory.glob("events.out.tfevents.*") if not f.name.endswith(".tmp"))
+    if not files:
+        return
+    # The raw loader: its records are copied byte for byte (the other loader rewrites scalars as tensors)
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    kept = []
+    for f in files:
+        for raw in RawEventFileLoader(str(f)).Load():  # a record torn by the kill ends the file's events
+            e = event_pb2.Event.FromString(raw)
+            if not e.HasField("file_version") and e.wall_time <= until:
+                kept.append(raw)
+    tmp = files[0].with_name(files[0].name + ".tmp")
+    try:
+        with open(tmp, "wb") as out:
+            writer = RecordWriter(out)
+            writer.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+            for raw in kept:
+                writer.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, files[0])
+    for f in files[1:]:  # a kill before this line shows some points twice; never loses one
+        f.unlink()
 
 
 def _make_progress() -> Any:

@@ -25,20 +25,42 @@ def _categories(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
     """A categorical column as int64 (integers, and floats holding whole numbers) or as strings.
 
     Integers stay integers: casting millions of them to strings was most of the encoding time.
-    Either way a category's identity is its string form ("3"), which the vocabulary stores."""
+    Either way a category's identity is its string form ("3"), which the vocabulary stores.
+
+    Floats: NaN and ±inf are missing values (null: the out-of-vocabulary bucket, counted with the
+    nulls). A float column whose values are all whole numbers maps to the integer ids (3.0 is "3").
+    Whole numbers of magnitude 2^53 or more are refused: a float cannot hold such an id exactly
+    (2^53 + 1 is stored as 2^53), so distinct ids may already have merged in the file."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if pa.types.is_floating(col.type):
-        # 3.0 and 3 must be the same category whichever way a file stored it
-        as_int = pc.cast(col, pa.int64(), safe=False)
-        if pc.all(pc.or_kleene(pc.equal(pc.cast(as_int, col.type), col), pc.is_null(col))).as_py() in (True, None):
-            col = as_int
+        finite = pc.is_finite(col)
+        if pc.any(pc.invert(finite)).as_py():
+            col = pc.if_else(finite, col, None)
+        col = _integral_floats(col, name, where)
     if pa.types.is_integer(col.type):
         return pc.cast(col, pa.int64())
     try:
         return pc.cast(col, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise DistillError(f"{where}: column '{name}' of type {col.type} cannot be read as categories") from None
+
+
+def _integral_floats(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    """A float column (NaN and inf already null) as int64 when every value is a whole number."""
+    whole = pc.all(pc.equal(pc.floor(col), col)).as_py()
+    if whole is False:
+        return col  # 1.5 is a category too; its string form names it
+    if whole is None:  # no value at all: nulls only
+        return pc.cast(col, pa.int64())
+    lo, hi = pc.min_max(col).values()
+    if max(-lo.as_py(), hi.as_py()) >= 2.0 ** 53:
+        big = pc.greater_equal(pc.abs(col), 2.0 ** 53)
+        n_big = pc.sum(big).as_py()
+        example = pc.filter(col, big)[0].as_py()
+        raise DistillError(f"{where}: column '{name}' holds {n_big} float value(s) of magnitude 2^53 or more (e.g. {example:.17g}), "
+                           f"which cannot be exact ids: store the ids as int64 or strings")
+    return pc.cast(col, pa.int64())
 
 
 def _as_strings(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
