@@ -24,9 +24,6 @@ from distill.data.kinds import KINDS
 from distill.errors import DistillError
 from distill.serving.manifest import INPUT_NAMES
 
-# Column types a row's values are put in before encoding (the encoders accept these for any file).
-ROW_TYPES = {name: kind.row_type for name, kind in KINDS.items()}
-
 TORCHSCRIPT_IS_CODE = ("{where}: a TorchScript export is code and can do anything (read or overwrite files); "
                        "load it only if you trust who wrote it, with --trust-torchscript (Python: trust_torchscript=True), "
                        "or serve an ONNX export")
@@ -131,7 +128,7 @@ class ExportedModel:
                 value = row[name]  # null means missing, whatever the kind
                 values.append(None if value is None else KINDS[kind].from_json(value, name, i, self.encoders.features[name]))
             try:
-                columns[name] = pa.array(values, ROW_TYPES[kind])
+                columns[name] = pa.array(values, KINDS[kind].row_type)  # a type the encoders read from any file
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
                 raise DistillError(f"feature '{name}': {str(e).splitlines()[0]}") from None
         return pa.table(columns)
@@ -191,8 +188,8 @@ def check_manifest(path: Path, manifest: Any) -> None:
         if not isinstance(manifest[key], kind):
             raise DistillError(f"{path}: '{key}' must be {_JSON[kind]}")
     for i, f in enumerate(manifest["serving"]):
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in ROW_TYPES:
-            raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(ROW_TYPES)})")
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in KINDS:
+            raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(KINDS)})")
 
 
 def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders:
@@ -203,25 +200,12 @@ def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders
         raise DistillError(f"{path}: expected an object with 'features' (a list) and 'label' (an object)")
     by_name: dict[str, dict[str, Any]] = {}
     for i, f in enumerate(raw["features"]):
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("kind") not in ROW_TYPES:
-            raise DistillError(f"{path}: features[{i}] must be an object with a 'name' and a 'kind' ({', '.join(ROW_TYPES)})")
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("kind") not in KINDS:
+            raise DistillError(f"{path}: features[{i}] must be an object with a 'name' and a 'kind' ({', '.join(KINDS)})")
         by_name[f["name"]] = f
-        if f["kind"] == "numeric":
-            for key in ("mean", "std"):
-                if not isinstance(f.get(key, 0.0), (int, float)) or not np.isfinite(f.get(key, 0.0)):
-                    raise DistillError(f"{path}: features[{i}] ('{f['name']}'): '{key}' must be a finite number")
-            continue
-        vocab, buckets = f.get("vocab"), f.get("hash_buckets")
-        if buckets is not None:
-            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): 'hash_buckets' must be a positive integer")
-        elif not isinstance(vocab, list):
-            raise DistillError(f"{path}: features[{i}] ('{f['name']}'): needs a 'vocab' list or 'hash_buckets'")
-        else:
-            bad = next((j for j, v in enumerate(vocab) if not isinstance(v, str)), None)
-            if bad is not None:
-                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): vocab[{bad}] is {json.dumps(vocab[bad])}; "
-                                   f"the vocabulary holds strings only (missing values go to the out-of-vocabulary bucket)")
+        problem = KINDS[f["kind"]].check(f)
+        if problem:
+            raise DistillError(f"{path}: features[{i}] ('{f['name']}'): {problem}")
     for f in manifest["serving"]:
         enc = by_name.get(f["name"])
         if enc is None:

@@ -6,6 +6,7 @@ a file stores it in. The vocabulary and hashing live here; multi_categorical.py 
 """
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
@@ -175,6 +176,22 @@ class CategoricalEncoder:
         return cls(d["name"], CategoryIndex(vocab=d.get("vocab"), hash_buckets=d.get("hash_buckets")))
 
 
+def check_index(d: dict[str, Any]) -> str | None:
+    """What is wrong with the vocabulary or hashing of a stored encoder, if anything."""
+    vocab, buckets = d.get("vocab"), d.get("hash_buckets")
+    if buckets is not None:
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
+            return "'hash_buckets' must be a positive integer"
+    elif not isinstance(vocab, list):
+        return "needs a 'vocab' list or 'hash_buckets'"
+    else:
+        bad = next((j for j, v in enumerate(vocab) if not isinstance(v, str)), None)
+        if bad is not None:
+            return (f"vocab[{bad}] is {json.dumps(vocab[bad])}; "
+                    f"the vocabulary holds strings only (missing values go to the out-of-vocabulary bucket)")
+    return None
+
+
 class CategoricalFit:
     def __init__(self, spec: Any):  # a FeatureConfig
         self.spec, self.counts, self.filled = spec, CategoryCounts(), 0
@@ -220,7 +237,7 @@ def first_category(enc: Any) -> str | None:
 
 
 KIND = Kind(
-    name="categorical", fit=CategoricalFit, from_dict=CategoricalEncoder.from_dict,
+    name="categorical", fit=CategoricalFit, from_dict=CategoricalEncoder.from_dict, check=check_index,
     dtype="int64", row_shape=(),
     row_type=pa.string(), csv_type=pa.string(), request_field=Union[Category, None],
     describe=lambda f: "a category (string or integer); unseen values use the out-of-vocabulary bucket",

@@ -46,6 +46,7 @@ class Kind:
     name: str
     fit: Callable[[Any], Fit]  # FeatureConfig -> a Fit
     from_dict: Callable[[dict[str, Any]], FeatureEncoder]  # encoders.json entry -> encoder
+    check: Callable[[dict[str, Any]], str | None]  # what is wrong with an encoders.json entry (None: nothing)
     dtype: str  # of the encoded array, the training tensor and the graph input: "int64" | "float32"
     row_shape: tuple[int | str, ...]  # one row's shape; a name is an axis whose length varies (padded)
     row_type: pa.DataType  # a request's JSON values are put in this Arrow type before encoding

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import StrictStr
 
-from distill.data.kinds.categorical import PAD, Category, CategoryCounts, CategoryIndex, drawer, first_category
+from distill.data.kinds.categorical import PAD, Category, CategoryCounts, CategoryIndex, check_index, drawer, first_category
 from distill.data.kinds.kind import Kind
 from distill.errors import DistillError
 
@@ -96,7 +96,7 @@ def _sample(enc: BagEncoder, null: np.ndarray, rng: np.random.Generator) -> pa.A
 
 
 KIND = Kind(
-    name="multi_categorical", fit=BagFit, from_dict=BagEncoder.from_dict,
+    name="multi_categorical", fit=BagFit, from_dict=BagEncoder.from_dict, check=check_index,
     dtype="int64", row_shape=("bag",),
     row_type=pa.list_(pa.string()), csv_type=pa.string(),  # a CSV holds a bag as one joined string
     request_field=Union[list[Category], StrictStr, None],

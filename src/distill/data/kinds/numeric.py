@@ -75,6 +75,14 @@ class NumericEncoder:
         return cls(d["name"], mean=d.get("mean", 0.0), std=d.get("std", 1.0))
 
 
+def check_stats(d: dict[str, Any]) -> str | None:
+    """What is wrong with the statistics of a stored encoder, if anything."""
+    for key in ("mean", "std"):
+        if not isinstance(d.get(key, 0.0), (int, float)) or not np.isfinite(d.get(key, 0.0)):
+            return f"'{key}' must be a finite number"
+    return None
+
+
 class NumericFit:
     def __init__(self, spec: Any):  # a FeatureConfig
         self.name, self.moments, self.filled = spec.name, Moments(), 0
@@ -104,7 +112,7 @@ def _sample(enc: NumericEncoder, null: np.ndarray, rng: np.random.Generator) -> 
 
 
 KIND = Kind(
-    name="numeric", fit=NumericFit, from_dict=NumericEncoder.from_dict,
+    name="numeric", fit=NumericFit, from_dict=NumericEncoder.from_dict, check=check_stats,
     dtype="float32", row_shape=(2,),
     row_type=pa.float64(), csv_type=pa.float64(),
     request_field=Annotated[Union[float, None], Field(strict=True, allow_inf_nan=False)],
