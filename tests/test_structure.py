@@ -236,3 +236,15 @@ def test_vocabulary_counts_add_up_over_chunks_of_either_type():
         ints.add(pa.chunked_array([pa.array(chunk, pa.int64())]))
     index = ints.index(min_count=1)
     assert index.vocab == ["-1", "12", "3"] and list(index.encode(pa.array([3, 12, 99], pa.int64()))) == [4, 3, 1]
+
+
+def test_each_kind_says_what_is_wrong_with_a_stored_encoder():
+    """What the export loader reports (after 'encoders.json: features[i] (name): ') for each kind."""
+    assert KINDS["numeric"].check({"mean": float("nan"), "std": 1.0}) == "'mean' must be a finite number"
+    assert KINDS["numeric"].check({"mean": 0.5, "std": "1"}) == "'std' must be a finite number"
+    assert KINDS["numeric"].check({"mean": 0.5, "std": 2.0}) is None
+    for kind in ("categorical", "multi_categorical"):
+        assert KINDS[kind].check({"vocab": ["a", 3]}).startswith("vocab[1] is 3; the vocabulary holds strings only")
+        assert KINDS[kind].check({"hash_buckets": 0}) == "'hash_buckets' must be a positive integer"
+        assert KINDS[kind].check({"vocab": None}) == "needs a 'vocab' list or 'hash_buckets'"
+        assert KINDS[kind].check({"vocab": ["a"]}) is None and KINDS[kind].check({"hash_buckets": 8}) is None
