@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, Callable, ClassVar, Union
 
 import numpy as np
 import pyarrow as pa
@@ -218,7 +218,7 @@ def category_from_json(value: Any, name: str, row: int, enc: Any = None) -> str:
     return str(value)
 
 
-def drawer(enc: Any, rng: np.random.Generator):
+def drawer(enc: Any, rng: np.random.Generator) -> Callable[[], str]:
     """Draws plausible categories of `enc` (sometimes unseen ones, so the OOV path runs too)."""
     vocab = (enc.index.vocab if enc.index and enc.index.vocab else None) or [f"v{i}" for i in range(50)]
 
