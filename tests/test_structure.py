@@ -138,14 +138,15 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_serving_an_onnx_export_imports_neither_torch_nor_training(tiny_run, tmp_path):
-    """`distill serve EXPORT`, as the CLI runs it (uvicorn stubbed out), then one request."""
+    """`distill serve EXPORT`, as the CLI runs it (up to listening: run_service is stubbed out),
+    then one request."""
     from distill.serving.export import export
     out = export(tiny_run, "onnx", tmp_path / "export")
     code = (
         "import json, sys\n"
-        "import uvicorn\n"
+        "from distill.serving import service\n"
         "served = {}\n"
-        "uvicorn.run = lambda app, **kw: served.update(app=app)\n"
+        "service.run_service = lambda app, *args, **kwargs: served.update(app=app)\n"
         "from distill.cli import app\n"
         "try:\n"
         "    app(['serve', sys.argv[1]])\n"

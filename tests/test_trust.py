@@ -44,10 +44,10 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def no_server(monkeypatch):
-    """`uvicorn.run` replaced by a recorder: `distill serve` returns instead of listening."""
-    import uvicorn
+    """The service's runner replaced by a recorder: `distill serve` returns instead of listening."""
+    import distill.serving.service
     started: list = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(app))
+    monkeypatch.setattr(distill.serving.service, "run_service", lambda app, *a, **kw: started.append(app))
     return started
 
 

@@ -126,6 +126,7 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
         out.print(metrics_table(run.metrics, str(run.path)))
         print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
         out.print(f"run written to [bold]{escape(str(run.path))}[/]")
+        diagnose_after(run.path)
         if not no_report:
             report_after(run.path)
 
@@ -147,6 +148,7 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
     summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
     print(to_markdown(summary))
     out.print(f"written to [bold]{escape(str(output))}[/]/compare.json and compare.md")
+    diagnose_after(output)
     if not no_report:
         report_after(output)
 
@@ -191,6 +193,18 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's d
 
 
 # ----------------------------------------------------------------------------- observe: report, init, validate
+
+
+def diagnose_after(path: Path) -> None:
+    """Why distillation did or did not pay (distill/diagnostics.py), printed only for the checks that apply."""
+    from distill.diagnostics import diagnose, lines
+    try:
+        found = lines(diagnose(path))
+    except DistillError as e:
+        err.print(f"[yellow]no diagnostics:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return
+    for line in found:
+        out.print(f"[bold]why:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def report_after(path: Path) -> None:
@@ -309,15 +323,28 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
 @guarded
 def serve(run: Path = typer.Argument(..., help="A run directory or an exported model."),
           host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-          port: int = typer.Option(8000, help="Port."),
+          port: int = typer.Option(8000, help="Port (0: a free one, named in the line printed when ready)."),
           fmt: str = typer.Option("onnx", "--format", help="Runtime when RUN is a run directory: onnx or torchscript."),
           threads: Optional[int] = typer.Option(None, help="Threads per prediction (default: the runtime's)."),
+          max_body_bytes: int = typer.Option(8 * 1024 * 1024, min=1, help="Largest request body; beyond it 413, before it is read whole."),
+          max_rows: int = typer.Option(10_000, min=1, help="Most rows in one request; beyond it 413."),
+          access_log: bool = typer.Option(True, "--access-log/--no-access-log",
+                                          help="One line per request on stderr: method, path, status, ms, rows."),
           trust_torchscript: bool = TrustTorchScriptOption) -> None:
-    """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs)."""
-    import uvicorn
+    """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs).
+
+    A run directory is exported first, to <tmp>/distill-serve-<uid>/, removed on exit (also on SIGTERM); one left by a killed process is removed by the next start."""
+    from distill.serving.exported import TORCHSCRIPT_IS_CODE
     from distill.serving.load import load_model
-    from distill.serving.service import create_app
-    uvicorn.run(create_app(load_model(run, fmt, threads, trust_torchscript)), host=host, port=port, log_level="warning")
+    from distill.serving.scratch import scratch_export
+    from distill.serving.service import create_app, run_service, to_stderr
+    if fmt == "torchscript" and not trust_torchscript and not (run / "manifest.json").is_file():
+        raise DistillError(TORCHSCRIPT_IS_CODE.format(where=run))  # before exporting the run, not after
+    with scratch_export(run, fmt) as source:
+        model = load_model(source, fmt, threads, trust_torchscript)
+        app = create_app(model, max_body_bytes, max_rows, access_log=to_stderr if access_log else None)
+        what = f"the {model.manifest['model']} {model.manifest['role']} of {run} ({model.format})"
+        run_service(app, host, port, what)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from distill import outputs, plots, results
+from distill import diagnostics, outputs, plots, results
 from distill.errors import DistillError
 from distill.metrics import HIGHER_IS_BETTER
 
@@ -135,6 +135,7 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
             doc.p(results.notes(verdict, list(verdict["metrics"]))[0])
             for m, why in verdict["left_out"].items():
                 _note(doc, report, f"{m} left out of the verdict: {why}")
+    diagnostics.report_section(doc, path)  # why distillation did or did not pay
 
     _figure(doc, report, "Loss terms", "losses", plots.plot_losses(steps, out / "losses.png"), "loss terms over steps",
             "Faint: every logged step; solid: smoothed. L_s and L_t are the hard-label losses of student and "

@@ -6,20 +6,28 @@
 
 The request model is built from the serving schema, so the OpenAPI document lists every serving
 feature with its type. A missing field, a wrong type, or a privileged or unknown field is a 422
-whose `error` names the field; unseen category values go to the out-of-vocabulary bucket.
+whose `error` names the field; unseen category values go to the out-of-vocabulary bucket. Every
+error is `{"error": "<one line>"}`: 413 for a body over `max_body_bytes` (refused before it is read
+whole) or a list over `max_rows`, 415 for a body that is not JSON, 404/405 for a wrong route.
+Scoring runs on a worker thread, one batch at a time, so /health answers during a large batch.
 
-    >>> app = create_app(load_model("runs/demo/export-onnx"))           # doctest: +SKIP
-    >>> uvicorn.run(app, host="127.0.0.1", port=8000)
+    >>> app = create_app(load_model("runs/demo/export-onnx"), max_rows=1000)  # doctest: +SKIP
+    >>> run_service(app, "127.0.0.1", 8000, "the demo's student")   # prints where it listens
 """
 # No `from __future__ import annotations`: FastAPI must see the locally built Row class itself.
 import difflib
-from typing import Annotated, Any, Union
+import socket
+import sys
+import threading
+import time
+from typing import Annotated, Any, Callable, Optional, Union
 
 import numpy as np
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distill.data.kinds import KINDS
 from distill.errors import DistillError
@@ -27,6 +35,8 @@ from distill.serving.exported import ExportedModel
 
 # each kind's field type (null is allowed and means missing: a numeric's missing flag, a category's OOV bucket)
 FIELD_TYPES: dict[str, Any] = {name: kind.request_field for name, kind in KINDS.items()}
+MAX_BODY_BYTES = 8 * 1024 * 1024  # about 65,000 rows of the demo's seven features
+MAX_ROWS = 10_000
 
 
 def row_model(model: ExportedModel) -> type[BaseModel]:
@@ -52,7 +62,7 @@ def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel) -> st
     e = picked[0]
     loc = list(e["loc"][2:])  # after ("body", branch): [row index,] field [, union member tags]
     if e["type"] == "json_invalid":
-        return f"the body is not valid JSON: {e['msg']}"
+        return f"the body is not valid JSON: {e.get('ctx', {}).get('error', e['msg'])} at character {e['loc'][-1]}"
     if len(e["loc"]) < 2:
         return "the body is empty: send an object of serving features, or a list of them"
     where = f"row {loc[0]}: " if isinstance(body, list) and loc and isinstance(loc[0], int) else ""
@@ -71,32 +81,58 @@ def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel) -> st
     return f"{where}field '{name}' ({model.kinds.get(name, '?')}): {e['msg']}"
 
 
-def create_app(model: ExportedModel) -> FastAPI:
+def create_app(model: ExportedModel, max_body_bytes: int = MAX_BODY_BYTES, max_rows: int = MAX_ROWS,
+               access_log: Optional[Callable[[str], None]] = None) -> FastAPI:
+    """The service; `access_log`, when given, gets one line per request (method, path, status, ms, rows)."""
     Row = row_model(model)
+    Rows = Annotated[list[Row], Field(max_length=max_rows)]  # type: ignore[valid-type]  # length checked before any row
     app = FastAPI(title=f"distill: {model.manifest['model']} student", version=model.manifest["versions"]["distill"],
                   description=f"Serves the {model.manifest['role']} on {len(model.names)} serving features "
-                              f"({model.manifest['task']['type']} '{model.manifest['task']['label']}').")
+                              f"({model.manifest['task']['type']} '{model.manifest['task']['label']}'). "
+                              f"At most {max_rows:,} rows and {max_body_bytes:,} bytes a request (413 beyond).")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if access_log is not None:
+        app.add_middleware(AccessLog, say=access_log)  # added last, so outermost: it sees the 413s too
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         body = getattr(exc, "body", None)
+        kind = request.headers.get("content-type", "")
+        if not _is_json(kind):
+            # FastAPI hands a non-JSON body to validation as bytes; say what is wrong instead
+            got = f"got '{kind}'" if kind else "none was sent"
+            return JSONResponse(status_code=415, content={"error": f"the body must be JSON with Content-Type: application/json ({got})"})
+        if isinstance(body, list) and len(body) > max_rows:
+            request.state.rows = len(body)
+            return JSONResponse(status_code=413, content={
+                "error": f"{len(body):,} rows in one request; at most {max_rows:,} (--max-rows): send them in smaller batches"})
         message = explain(errors, body, model)
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
         return JSONResponse(status_code=422, content={"error": message, "detail": detail})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # 404, 405, 413 from BodyLimit: the service's own shape, not FastAPI's {"detail": ...}
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
 
     @app.exception_handler(DistillError)
     async def bad_input(request: Request, exc: DistillError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"error": str(exc)})
 
-    # async: a row costs about a millisecond of CPU (encoders + graph), less than the hop to a
-    # worker thread that a plain `def` endpoint would take, and nothing in it waits on I/O
+    # A plain `def`: FastAPI runs it on a worker thread, so the event loop keeps answering /health
+    # while a large batch scores. The lock keeps one batch at a time, as on the loop before: the
+    # runtime spreads a batch over its own threads, and batches side by side only contend for them.
+    one_at_a_time = threading.Lock()
+
     @app.post("/predict", response_model=Prediction)
-    async def predict(rows: Annotated[Union[Row, list[Row]], Body(examples=[_example(model)])]) -> Prediction:  # type: ignore[valid-type]
+    def predict(request: Request, rows: Annotated[Union[Row, Rows], Body(examples=[_example(model)])]) -> Prediction:  # type: ignore[valid-type]
         batch = [rows] if isinstance(rows, BaseModel) else rows
+        request.state.rows = len(batch)
         if not batch:
             raise DistillError("the list of rows is empty")
-        pred = model.predict([r.model_dump() for r in batch])
+        with one_at_a_time:
+            pred = model.predict([r.model_dump() for r in batch])
         if not np.isfinite(pred).all():
             bad = int(np.argwhere(~np.isfinite(pred))[0][0])
             raise DistillError(f"row {bad}: the prediction is not finite (a numeric value far outside the training range?)")
@@ -106,17 +142,104 @@ def create_app(model: ExportedModel) -> FastAPI:
             out = [float(p) for p in pred]
         return Prediction(task=model.manifest["task"]["type"], outputs=model.outputs, predictions=out)
 
+    # async: these run on the event loop itself, never queued behind worker threads held by /predict
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/metadata")
-    def metadata() -> dict[str, Any]:
+    async def metadata() -> dict[str, Any]:
         keys = ("model", "role", "format", "task", "classes", "outputs", "serving", "privileged", "metrics",
                 "versions", "sha256", "parameters", "exported_at", "leak_check")
         return {k: model.manifest.get(k) for k in keys}
 
     return app
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `max_bytes`, before it is read whole. A declared
+    Content-Length over the limit is refused unread; a chunked body is counted as it arrives and
+    refused at the first chunk past the limit."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+        self.message = f"the body is over {max_bytes:,} bytes (--max-body-bytes): send fewer rows per request"
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse(status_code=413, content={"error": self.message})(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # an HTTPException: FastAPI's body reader lets it through to the handler above
+                    raise HTTPException(status_code=413, detail=self.message)
+            return message
+        await self.app(scope, counted, send)
+
+
+class AccessLog:
+    """ASGI middleware: one line per request, `POST /predict 200 3.1 ms 20 rows`."""
+
+    def __init__(self, app: Any, say: Callable[[str], None]):
+        self.app, self.say = app, say
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # 500 if the app fails before it answers
+        state = scope.setdefault("state", {})  # the same dict as the endpoint's request.state
+
+        async def sending(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            rows = state.get("rows")
+            self.say(f"{scope['method']} {scope['path']} {status} {1000 * (time.perf_counter() - start):.1f} ms"
+                     + (f" {rows} rows" if rows is not None else ""))
+
+
+def run_service(app: FastAPI, host: str, port: int, what: str, say: Optional[Callable[[str], None]] = None) -> None:
+    """Serve `app` until Ctrl-C or SIGTERM; one line once it listens (port 0: a free port, named there)."""
+    import uvicorn
+    say = say or to_stderr
+    # Bound and listening here, before uvicorn starts: a port in use is one clear line, the ready
+    # line names the real port, and a client that connects at once waits in the backlog.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise DistillError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    shown = f"[{host}]" if ":" in host else host
+    say(f"serving {what} on http://{shown}:{sock.getsockname()[1]}, docs at /docs")
+    try:
+        # uvicorn's own lines are silenced (warnings stay): the line above and the access log say it
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
 def _example(model: ExportedModel) -> dict[str, Any]:
