@@ -37,7 +37,8 @@ from distill.config import load_config
 from distill.data.batch import Encoded
 from distill.demo import write_demo_data
 from distill.run import Run, train
-from distill.serving import ExportedModel, export
+from distill.serving import ExportedModel
+from distill.serving.export import export
 
 HOST = "127.0.0.1"  # loopback only: the load never leaves the machine
 

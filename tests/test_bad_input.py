@@ -285,7 +285,7 @@ def test_float_categories_nan_and_inf_are_missing_said_once(world, tmp_path):
     assert r.exit_code == 0, r.output
     prob = pq.read_table(tmp_path / "f.out.parquet").column("prob").to_pylist()
     same = replace_col(test, "user", pa.array([None, None, None, 3], pa.int64()))
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     assert prob == load_model(export_of(Path(raw["output"]))).predict(same).tolist()
 
 
@@ -313,13 +313,13 @@ def test_predict_a_file_truncated_while_it_is_read(world, tmp_path, monkeypatch)
 
 @pytest.mark.parametrize("target", ["dir", "."])
 def test_predict_checks_the_output_path_before_scoring(world, tmp_path, monkeypatch, target):
-    from distill.serving import exported
+    from distill.serving import load
     _, raw = world
 
     def not_yet(*args, **kwargs):
         raise AssertionError("the model was loaded before the output path was checked")
 
-    monkeypatch.setattr(exported, "load_model", not_yet)
+    monkeypatch.setattr(load, "load_model", not_yet)
     out = str(tmp_path) if target == "dir" else "."
     r = runner.invoke(app, ["predict", raw["output"], raw["data"]["test"], "-o", out])
     assert r.exit_code == 2, r.output
@@ -352,7 +352,7 @@ SERVICE_CASES = {
 @pytest.mark.parametrize("name", sorted(SERVICE_CASES))
 def test_bad_service_request(world, name):
     from fastapi.testclient import TestClient
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     from distill.serving.service import create_app
     _, raw = world
     client = TestClient(create_app(load_model(raw["output"])))

@@ -5,7 +5,7 @@ import pytest
 
 from distill.config import FeatureConfig, TaskConfig
 from distill.data.dataset import Encoders
-from distill.data.encoders import OOV, PAD, FeatureEncoder, LabelEncoder
+from distill.data.encoders import OOV, PAD, LabelEncoder, feature_from_dict, fit_feature
 from distill.errors import DistillError
 
 
@@ -14,42 +14,42 @@ def col(values, type_=None):
 
 
 def test_categorical_vocab_oov_and_missing():
-    enc = FeatureEncoder.fit(FeatureConfig(name="c", type="categorical"), col(["b", "a", "b", None]), "t")
+    enc = fit_feature(FeatureConfig(name="c", type="categorical"), col(["b", "a", "b", None]), "t")
     codes, missing = enc.encode(col(["a", "b", "zzz", None]), "t")
     assert list(codes) == [2, 3, OOV, OOV] and missing == 1
     assert enc.cardinality == 4
 
 
 def test_min_count_sends_rare_values_to_oov():
-    enc = FeatureEncoder.fit(FeatureConfig(name="c", type="categorical", min_count=2), col(["a", "a", "b"]), "t")
+    enc = fit_feature(FeatureConfig(name="c", type="categorical", min_count=2), col(["a", "a", "b"]), "t")
     assert list(enc.encode(col(["a", "b"]), "t")[0]) == [2, OOV]
 
 
 def test_integers_and_whole_floats_are_the_same_category():
-    enc = FeatureEncoder.fit(FeatureConfig(name="c", type="categorical"), col([1, 2, 3]), "t")
+    enc = fit_feature(FeatureConfig(name="c", type="categorical"), col([1, 2, 3]), "t")
     assert list(enc.encode(col([2.0, 3.0, 7.0]), "t")[0]) == [3, 4, OOV]
 
 
 def test_nan_and_inf_in_a_float_category_are_missing_not_categories():
-    enc = FeatureEncoder.fit(FeatureConfig(name="c", type="categorical"), col([1.0, float("nan"), 2.0, float("inf")]), "t")
+    enc = fit_feature(FeatureConfig(name="c", type="categorical"), col([1.0, float("nan"), 2.0, float("inf")]), "t")
     assert enc.index.vocab == ["1", "2"]
     codes, missing = enc.encode(col([float("nan"), float("-inf"), 2.0, None]), "t")
     assert list(codes) == [OOV, OOV, 3, OOV] and missing == 3
-    frac = FeatureEncoder.fit(FeatureConfig(name="f", type="categorical"), col([1.5, float("nan")]), "t")
+    frac = fit_feature(FeatureConfig(name="f", type="categorical"), col([1.5, float("nan")]), "t")
     assert frac.index.vocab == ["1.5"]  # not "nan": the string form is for values, not for missing ones
 
 
 def test_hashing_is_stable_and_in_range():
     spec = FeatureConfig(name="h", type="categorical", hash_buckets=10)
-    enc = FeatureEncoder.fit(spec, col(["x"]), "t")
+    enc = fit_feature(spec, col(["x"]), "t")
     a, _ = enc.encode(col(["u1", "u2", "u1", None]), "t")
-    b, _ = FeatureEncoder.from_dict(enc.to_dict()).encode(col(["u1", "u2"]), "t")
+    b, _ = feature_from_dict(enc.to_dict()).encode(col(["u1", "u2"]), "t")
     assert a[0] == a[2] == b[0] and a[1] == b[1] and a[3] == OOV
     assert a[:3].min() >= 2 and a[:3].max() < 12 and enc.cardinality == 12
 
 
 def test_numeric_standardised_with_train_stats_and_missing_flagged():
-    enc = FeatureEncoder.fit(FeatureConfig(name="x", type="numeric"), col([1.0, 3.0, None, float("nan")]), "t")
+    enc = fit_feature(FeatureConfig(name="x", type="numeric"), col([1.0, 3.0, None, float("nan")]), "t")
     assert enc.mean == 2.0 and enc.std == 1.0
     out, missing = enc.encode(col([5.0, None, float("inf"), float("nan")]), "t")
     assert out.shape == (4, 2) and missing == 3
@@ -58,14 +58,14 @@ def test_numeric_standardised_with_train_stats_and_missing_flagged():
 
 
 def test_numeric_column_of_strings_is_an_error_naming_it():
-    enc = FeatureEncoder.fit(FeatureConfig(name="x", type="numeric"), col([1.0]), "t")
+    enc = fit_feature(FeatureConfig(name="x", type="numeric"), col([1.0]), "t")
     with pytest.raises(DistillError, match="t: column 'x' is string, expected numbers"):
         enc.encode(col(["a", "b"]), "t")
 
 
 def test_multi_categorical_from_strings_and_lists():
     spec = FeatureConfig(name="m", type="multi_categorical", max_len=3)
-    enc = FeatureEncoder.fit(spec, col(["a b", "b c"]), "t")
+    enc = fit_feature(spec, col(["a b", "b c"]), "t")
     out, empty = enc.encode(col(["a b", "c", "", "a b c zz q"]), "t")
     a, b, c = 2, 3, 4
     assert out.tolist() == [[a, b, PAD], [c, PAD, PAD], [PAD, PAD, PAD], [a, b, c]]
@@ -118,12 +118,12 @@ def test_encoders_round_trip_through_json(raw_config, tmp_path):
 def test_integer_columns_encode_like_their_string_form():
     """Integers take a fast path (no string casting); the codes must equal the string path's."""
     spec = FeatureConfig(name="c", type="categorical")
-    ints = FeatureEncoder.fit(spec, col([5, -3, 12, 5, None]), "t")
-    strs = FeatureEncoder.fit(spec, col(["5", "-3", "12", "5", None]), "t")
+    ints = fit_feature(spec, col([5, -3, 12, 5, None]), "t")
+    strs = fit_feature(spec, col(["5", "-3", "12", "5", None]), "t")
     assert ints.index.vocab == strs.index.vocab == ["-3", "12", "5"]
     probe_ints = col([12, -3, 99, None, 5])
     probe_strs = col(["12", "-3", "99", None, "5"])
     assert list(ints.encode(probe_ints, "t")[0]) == list(strs.encode(probe_strs, "t")[0]) == [3, 2, OOV, OOV, 4]
     assert list(strs.encode(probe_ints, "t")[0]) == list(ints.encode(probe_strs, "t")[0])  # files may disagree on type
-    hashed = FeatureEncoder.fit(FeatureConfig(name="h", type="categorical", hash_buckets=7), col([1]), "t")
+    hashed = fit_feature(FeatureConfig(name="h", type="categorical", hash_buckets=7), col([1]), "t")
     assert list(hashed.encode(col([41, 7]), "t")[0]) == list(hashed.encode(col(["41", "7"]), "t")[0])

@@ -12,7 +12,7 @@ from conftest import trained_config
 
 @pytest.fixture(scope="module")
 def service_app(tmp_path_factory):
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     from distill.serving.service import create_app
     raw = trained_config(tmp_path_factory.mktemp("svc"))
     return create_app(load_model(raw["output"]))

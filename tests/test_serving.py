@@ -20,8 +20,8 @@ from distill.config import config_from_dict
 from distill.demo import make_log
 from distill.errors import DistillError
 from distill.run import Run, train
-from distill.serving import ExportedModel, export, load_model
-from distill.serving.export import FORMATS, ServingGraph, example_inputs, sha256, write_graph
+from distill.serving import ExportedModel, load_model
+from distill.serving.export import FORMATS, ServingGraph, example_inputs, export, sha256, write_graph
 from distill.serving.leakcheck import leak_check, perturb_privileged
 from distill.serving.predict import score
 

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 import distill
 from distill.cli import app
 from distill.errors import DistillError
-from distill.serving import ExportedModel, export, load_model
-from distill.serving.export import sha256
+from distill.serving import ExportedModel, load_model
+from distill.serving.export import export, sha256
 
 from conftest import trained_config
 

@@ -305,7 +305,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
             trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
-    from distill.serving.exported import load_model
+    from distill.serving.load import load_model
     from distill.serving.predict import check_output, score
 
     def said_once(s) -> None:
@@ -334,7 +334,8 @@ def serve(run: Path = typer.Argument(..., help="A run directory or an exported m
     """HTTP service: POST /predict, GET /health, GET /metadata (OpenAPI at /docs).
 
     A run directory is exported first, to <tmp>/distill-serve-<uid>/, removed on exit (also on SIGTERM); one left by a killed process is removed by the next start."""
-    from distill.serving.exported import TORCHSCRIPT_IS_CODE, load_model
+    from distill.serving.exported import TORCHSCRIPT_IS_CODE
+    from distill.serving.load import load_model
     from distill.serving.scratch import scratch_export
     from distill.serving.service import create_app, run_service, to_stderr
     if fmt == "torchscript" and not trust_torchscript and not (run / "manifest.json").is_file():

@@ -208,7 +208,7 @@ def _setup(run: Any, info: dict) -> str:
 def _calibration(run: Any, path: Path, doc: "Doc", report: Report) -> list[plots.Series]:
     """Predictions of each model on the test split (else valid), binned against what happened."""
     from distill.data.io import read_table
-    from distill.training.common import label_values, predict_logits, to_output
+    from distill.inference import label_values, predict_logits, to_output
 
     cfg = run.config
     split = "test" if cfg.data.test else "valid" if cfg.data.valid else None

@@ -506,7 +506,8 @@ def load_run(path: str | Path, roles: tuple[str, ...] | list[str] | None = None)
         f = path / f"{role}.safetensors"
         if not f.is_file() or (roles is not None and role not in roles):
             continue
-        model, names = build(cfg, encoders, role, 0)
+        with torch.random.fork_rng(devices=[]):  # build seeds torch's RNG: leave the caller's as it was
+            model, names = build(cfg, encoders, role, 0)
         try:
             missing, unexpected = load_model(model, str(f), strict=True)
         except Exception as e:  # safetensors raises several types for truncated / foreign files

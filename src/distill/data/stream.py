@@ -1,7 +1,8 @@
 """Training data larger than memory: Parquet read row group by row group, never whole.
 
-- Encoders are fitted in one streaming pass (vocabulary counts, numeric sums), or not at all for
-  hashed features (`hash_buckets`), which is what very large vocabularies should use.
+- Encoders are fitted in one streaming pass (vocabulary counts, numeric moments: the code that fits
+  an in-memory split), with no vocabulary for hashed features (`hash_buckets`), which is what
+  very large vocabularies should use.
 - Shuffling is bounded: each epoch visits the row groups of all files in a random order (seeded by
   (seed, epoch)), fills a buffer of at least `data.shuffle_buffer` rows, shuffles the rows inside it
   and emits its batches; rows left over (less than a batch) carry into the next buffer. Every row is
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +24,14 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from distill.config import Config
 from distill.data.batch import Batch, Encoded
-from distill.data.dataset import Encoders
-from distill.data.encoders import CategoryIndex, FeatureEncoder, LabelEncoder, _as_strings, _bags, _categories, _numbers
+from distill.data.encoders import Encoders, fit_encoders
 from distill.data.io import file_format, resolve_files
+from distill.data.kinds import KINDS
 from distill.errors import DistillError
 
 
@@ -73,71 +73,23 @@ def read_unit(unit: Unit, columns: list[str]) -> pa.Table:
 
 
 def fit_streaming(cfg: Config) -> tuple[Encoders, dict[str, int]]:
-    """Fit the encoders in one pass over the training row groups; also count filled values."""
+    """Fit the encoders in one pass over the training row groups (the code that fits an in-memory
+    split, given one chunk per row group); also count filled values."""
     units = parquet_units(cfg.data.train, cfg.data.format)
     columns = [f.name for f in cfg.features] + [cfg.task.label]
-    counts: dict[str, Counter] = {f.name: Counter() for f in cfg.features if f.type != "numeric" and not f.hash_buckets}
-    sums: dict[str, list[float]] = {f.name: [0.0, 0.0, 0.0] for f in cfg.features if f.type == "numeric"}
-    missing: Counter = Counter()
-    classes: set[str] = set()
-    label_sums = [0.0, 0.0, 0.0]
-    for unit in units:
-        table = read_unit(unit, columns)
-        where = f"{unit.path} (row group {unit.group})"
-        for f in cfg.features:
-            col = table.column(f.name)
-            if f.type == "numeric":
-                x, bad = _numbers(col, f.name, where)
-                good = x[~bad]
-                s = sums[f.name]
-                s[0] += good.size
-                s[1] += float(good.sum())
-                s[2] += float((good * good).sum())
-                missing[f.name] += int(bad.sum())
-            elif f.name in counts:
-                values = _categories(col, f.name, where) if f.type == "categorical" else pc.list_flatten(_bags(col, f.name, where, f.separator))
-                vc = pc.value_counts(values.drop_null())
-                counts[f.name].update(dict(zip(map(str, vc.field("values").to_pylist()), vc.field("counts").to_pylist())))
-        label = table.column(cfg.task.label)
-        if cfg.task.type == "multiclass":
-            classes.update(v for v in pc.unique(_as_strings(label, cfg.task.label, where)).to_pylist() if v is not None)
-        elif cfg.task.type == "regression":
-            y, _ = _numbers(label, cfg.task.label, where)
-            label_sums[0] += y.size
-            label_sums[1] += float(y.sum())
-            label_sums[2] += float((y * y).sum())
-    feats = {}
-    for f in cfg.features:
-        enc = FeatureEncoder(f.name, f.type, max_len=f.max_len, separator=f.separator)
-        if f.type == "numeric":
-            n, s1, s2 = sums[f.name]
-            if n:
-                enc.mean = s1 / n
-                enc.std = math.sqrt(max(s2 / n - enc.mean ** 2, 0.0)) or 1.0
-        else:
-            vocab = None if f.hash_buckets else sorted(v for v, c in counts[f.name].items() if c >= f.min_count)
-            enc.index = CategoryIndex(vocab=vocab, hash_buckets=f.hash_buckets)
-        feats[f.name] = enc
-    label_enc = LabelEncoder(cfg.task.type)
-    if cfg.task.type == "multiclass":
-        label_enc.classes = sorted(classes)
-        if len(label_enc.classes) < 2:
-            raise DistillError(f"{cfg.data.train}: label '{cfg.task.label}' has fewer than 2 classes")
-    elif cfg.task.type == "regression":
-        n, s1, s2 = label_sums
-        label_enc.mean = s1 / n
-        label_enc.std = math.sqrt(max(s2 / n - label_enc.mean ** 2, 0.0)) or 1.0
-    return Encoders(feats, label_enc), {k: v for k, v in missing.items() if v}
+    chunks = ((read_unit(u, columns), f"{u.path} (row group {u.group})") for u in units)
+    return fit_encoders(cfg.features, cfg.task, chunks, cfg.data.train, workers=torch.get_num_threads())
 
 
-def concat(chunks: list[Encoded]) -> Encoded:
-    """Stack encoded chunks; multi-valued features are padded to the widest chunk."""
+def concat(chunks: list[Encoded], encoders: Encoders) -> Encoded:
+    """Stack encoded chunks; an axis whose length varies by chunk (a bag's) is padded to the widest."""
     feats = {}
     for name in chunks[0].features:
         parts = [c.features[name] for c in chunks]
-        if parts[0].dtype == torch.int64 and parts[0].dim() == 2:  # multi_categorical (N, L)
-            width = max(p.shape[1] for p in parts)
-            parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
+        for axis in KINDS[encoders.features[name].kind].varying_axes:
+            width = max(p.shape[axis] for p in parts)
+            # F.pad's sizes run from the last axis backwards: (before, after) for each
+            parts = [torch.nn.functional.pad(p, (0, 0) * (p.dim() - 1 - axis) + (0, width - p.shape[axis])) for p in parts]
         feats[name] = torch.cat(parts)
     cat = lambda attr: None if getattr(chunks[0], attr) is None else torch.cat([getattr(c, attr) for c in chunks])  # noqa: E731
     return Encoded(feats, cat("y"), cat("weight"), None, cat("soft"))
@@ -205,7 +157,7 @@ class StreamingLoader:
                 exhausted = True
             if not pending:
                 break
-            buf, rows = concat([c for c, _ in pending]), torch.cat([r for _, r in pending])
+            buf, rows = concat([c for c, _ in pending], self.encoders), torch.cat([r for _, r in pending])
             perm = torch.randperm(len(rows), generator=gen)
             full = len(rows) if exhausted else len(rows) // self.batch_size * self.batch_size
             for s in range(0, full, self.batch_size):

@@ -13,7 +13,6 @@ Export directory (written under `<out>.partial` and renamed when complete and le
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import warnings
@@ -25,17 +24,14 @@ import torch
 from torch import nn
 
 from distill.data.batch import Batch
-from distill.data.dataset import Encoders
-from distill.data.encoders import LabelEncoder
 from distill import outputs
+from distill.data.encoders import Encoders, LabelEncoder
+from distill.data.kinds import KINDS
 from distill.errors import DistillError
 from distill.run import Run, load_run, versions
+from distill.serving.manifest import FORMATS, INPUT_NAMES, output_names, serving_role, sha256  # noqa: F401  (re-exported)
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
-INPUTS = {"categorical": ("int64", ["batch"]), "numeric": ("float32", ["batch", 2]),
-          "multi_categorical": ("int64", ["batch", "bag"])}
 OPSET = 17
-INPUT_NAMES = "inputs.json"  # inside a TorchScript archive: the positional inputs' names
 
 
 class ServingGraph(nn.Module):
@@ -59,31 +55,14 @@ class ServingGraph(nn.Module):
         return logits * self.std + self.mean  # (B,) on the label's scale
 
 
-def serving_role(run: Run) -> str:
-    """The model that serves: the distilled student, or the baseline of a run without distillation."""
-    return "student" if "student" in run.models else "baseline"
-
-
-def output_names(label: LabelEncoder) -> list[str]:
-    """Column names of a prediction: prob (binary), prob_<class> (multiclass), value (regression)."""
-    if label.task == "binary":
-        return ["prob"]
-    if label.task == "multiclass":
-        return [f"prob_{c}" for c in label.classes]
-    return ["value"]
-
-
 def example_inputs(encoders: Encoders, names: list[str], rows: int = 3, bag: int = 2) -> tuple[torch.Tensor, ...]:
     """Tensors shaped like an encoded batch, to trace the graph with (values are irrelevant)."""
     out = []
     for n in names:
-        kind = encoders.features[n].kind
-        if kind == "numeric":
-            out.append(torch.zeros(rows, 2))
-        elif kind == "categorical":
-            out.append(torch.ones(rows, dtype=torch.int64))
-        else:
-            out.append(torch.ones(rows, bag, dtype=torch.int64))
+        kind = KINDS[encoders.features[n].kind]
+        shape = (rows, *(bag if isinstance(s, str) else s for s in kind.row_shape))
+        # ids 1 (the OOV bucket: a row of any table), values 0
+        out.append(torch.full(shape, 1 if kind.dtype == "int64" else 0, dtype=getattr(torch, kind.dtype)))
     return tuple(out)
 
 
@@ -98,8 +77,7 @@ def write_graph(graph: ServingGraph, example: tuple[torch.Tensor, ...], kinds: l
             if fmt == "onnx":
                 # The TorchScript-based exporter (dynamo=False): the graph has no data-dependent
                 # control flow, only a dynamic batch and bag length, and it needs no onnxscript.
-                axes = {n: {0: "batch", 1: f"{n}_len"} if k == "multi_categorical" else {0: "batch"}
-                        for n, k in zip(graph.names, kinds)}
+                axes = {n: {0: "batch", **{a: f"{n}_len" for a in KINDS[k].varying_axes}} for n, k in zip(graph.names, kinds)}
                 buf = io.BytesIO()
                 torch.onnx.export(graph, example, buf, dynamo=False, input_names=graph.names, output_names=["output"],
                                   dynamic_axes={**axes, "output": {0: "batch"}}, opset_version=OPSET)
@@ -112,14 +90,6 @@ def write_graph(graph: ServingGraph, example: tuple[torch.Tensor, ...], kinds: l
             if outputs.no_space(e):
                 raise  # not the model's fault: export() says so in one line
             raise DistillError(f"cannot export the student to {fmt}: {str(e).strip().splitlines()[0]}") from None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = None, overwrite: bool = True,
@@ -169,8 +139,7 @@ def _manifest(run: Run, role: str, names: list[str], fmt: str, d: Path) -> dict[
     by_name = {f["name"]: f for f in run.schema["serving"] + run.schema["privileged"]}
     serving = []
     for n in names:
-        dtype, shape = INPUTS[by_name[n]["type"]]
-        serving.append({**by_name[n], "input": {"dtype": dtype, "shape": shape}})
+        serving.append({**by_name[n], "input": KINDS[by_name[n]["type"]].graph_input()})
     model = run.models[role]
     vers = versions()
     if fmt == "onnx":

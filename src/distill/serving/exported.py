@@ -19,13 +19,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from distill.config import Config, config_from_dict
-from distill.data.dataset import Encoders
+from distill.data.encoders import Encoders
+from distill.data.kinds import KINDS
 from distill.errors import DistillError
-from distill.serving.export import INPUT_NAMES, export
-
-# Column types a row's values are put in before encoding (the encoders accept these for any file).
-ROW_TYPES = {"categorical": pa.string(), "numeric": pa.float64(), "multi_categorical": pa.list_(pa.string())}
+from distill.serving.manifest import INPUT_NAMES
 
 TORCHSCRIPT_IS_CODE = ("{where}: a TorchScript export is code and can do anything (read or overwrite files); "
                        "load it only if you trust who wrote it, with --trust-torchscript (Python: trust_torchscript=True), "
@@ -60,11 +57,7 @@ class ExportedModel:
         self.kinds: dict[str, str] = {f["name"]: f["type"] for f in self.manifest["serving"]}
         self.privileged: list[str] = list(self.manifest.get("privileged", []))
         self.outputs: list[str] = list(self.manifest["outputs"])
-        # Encoders.encode reads the task from a Config; this one describes the serving schema only.
-        self.config: Config = config_from_dict({"data": {"train": "-"}, "task": self.manifest["task"],
-                                                "features": [{k: v for k, v in f.items() if k != "input"}
-                                                             for f in self.manifest["serving"]]},
-                                               source=str(path))
+        self.threads = threads
         try:
             self._load_graph(graph_bytes, threads)
         except DistillError:
@@ -132,17 +125,17 @@ class ExportedModel:
             for i, row in enumerate(rows):
                 if name not in row:
                     raise DistillError(f"row {i}: missing serving feature '{name}'")
-                values.append(_normalise(row[name], kind, name, i, self.encoders.features[name].separator))
+                value = row[name]  # null means missing, whatever the kind
+                values.append(None if value is None else KINDS[kind].from_json(value, name, i, self.encoders.features[name]))
             try:
-                columns[name] = pa.array(values, ROW_TYPES[kind])
+                columns[name] = pa.array(values, KINDS[kind].row_type)  # a type the encoders read from any file
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
                 raise DistillError(f"feature '{name}': {str(e).splitlines()[0]}") from None
         return pa.table(columns)
 
     def encode(self, table: pa.Table, where: str = "data") -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """The graph's inputs for `table` (serving columns only are read) and the filled counts."""
-        enc = self.encoders.encode(self.config, table, where, features=self.names, label=False)
-        return {n: enc.features[n].numpy() for n in self.names}, enc.missing
+        return self.encoders.encode_arrays(table, where, self.names, workers=self.threads)
 
     # ------------------------------------------------------------------ prediction
 
@@ -171,26 +164,6 @@ class ExportedModel:
         return {name: pred[:, j] for j, name in enumerate(self.outputs)}
 
 
-def _normalise(value: Any, kind: str, name: str, row: int, separator: str) -> Any:
-    """One JSON value as the Arrow type of its column (ints and strings name the same category)."""
-    if value is None:
-        return None
-    if kind == "numeric":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DistillError(f"row {row}: feature '{name}' must be a number, got {type(value).__name__}")
-        return float(value)
-    if kind == "categorical":
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise DistillError(f"row {row}: feature '{name}' must be a string or an integer, got {type(value).__name__}")
-        return str(value)
-    # multi_categorical: a list of categories, or one string joined by the feature's separator
-    if isinstance(value, str):
-        return value.split(separator)
-    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in value):
-        raise DistillError(f"row {row}: feature '{name}' must be a list of strings or integers")
-    return [str(v) for v in value]
-
-
 def _plain_name(directory: Path, name: str) -> bool:
     """`name` is one file name inside `directory`: no separator, no '..', not absolute, and it
     does not resolve (through a link) to somewhere else."""
@@ -215,8 +188,8 @@ def check_manifest(path: Path, manifest: Any) -> None:
         if not isinstance(manifest[key], kind):
             raise DistillError(f"{path}: '{key}' must be {_JSON[kind]}")
     for i, f in enumerate(manifest["serving"]):
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in ROW_TYPES:
-            raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(ROW_TYPES)})")
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in KINDS:
+            raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(KINDS)})")
 
 
 def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders:
@@ -227,25 +200,12 @@ def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders
         raise DistillError(f"{path}: expected an object with 'features' (a list) and 'label' (an object)")
     by_name: dict[str, dict[str, Any]] = {}
     for i, f in enumerate(raw["features"]):
-        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("kind") not in ROW_TYPES:
-            raise DistillError(f"{path}: features[{i}] must be an object with a 'name' and a 'kind' ({', '.join(ROW_TYPES)})")
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("kind") not in KINDS:
+            raise DistillError(f"{path}: features[{i}] must be an object with a 'name' and a 'kind' ({', '.join(KINDS)})")
         by_name[f["name"]] = f
-        if f["kind"] == "numeric":
-            for key in ("mean", "std"):
-                if not isinstance(f.get(key, 0.0), (int, float)) or not np.isfinite(f.get(key, 0.0)):
-                    raise DistillError(f"{path}: features[{i}] ('{f['name']}'): '{key}' must be a finite number")
-            continue
-        vocab, buckets = f.get("vocab"), f.get("hash_buckets")
-        if buckets is not None:
-            if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 1:
-                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): 'hash_buckets' must be a positive integer")
-        elif not isinstance(vocab, list):
-            raise DistillError(f"{path}: features[{i}] ('{f['name']}'): needs a 'vocab' list or 'hash_buckets'")
-        else:
-            bad = next((j for j, v in enumerate(vocab) if not isinstance(v, str)), None)
-            if bad is not None:
-                raise DistillError(f"{path}: features[{i}] ('{f['name']}'): vocab[{bad}] is {json.dumps(vocab[bad])}; "
-                                   f"the vocabulary holds strings only (missing values go to the out-of-vocabulary bucket)")
+        problem = KINDS[f["kind"]].check(f)
+        if problem:
+            raise DistillError(f"{path}: features[{i}] ('{f['name']}'): {problem}")
     for f in manifest["serving"]:
         enc = by_name.get(f["name"])
         if enc is None:
@@ -253,21 +213,3 @@ def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders
         if enc["kind"] != f["type"]:
             raise DistillError(f"{path}: feature '{f['name']}' is {enc['kind']} here but {f['type']} in manifest.json")
     return Encoders.from_dict(raw)
-
-
-def load_model(source: str | Path, fmt: str = "onnx", threads: int | None = None,
-               trust_torchscript: bool = False) -> ExportedModel:
-    """An export directory, or a run directory exported on the fly (to a temporary directory that
-    lives as long as the returned model). A TorchScript export is code: it loads only with
-    `trust_torchscript=True` (README, "Trust boundary")."""
-    source = Path(source)
-    if (source / "manifest.json").is_file():
-        return ExportedModel(source, threads, trust_torchscript)
-    if not (source / "config.yaml").is_file():
-        raise DistillError(f"{source}: neither a run directory (config.yaml) nor an exported model (manifest.json)")
-    if fmt == "torchscript" and not trust_torchscript:
-        raise DistillError(TORCHSCRIPT_IS_CODE.format(where=source))
-    tmp = tempfile.TemporaryDirectory(prefix="distill-export-")
-    model = ExportedModel(export(source, fmt, Path(tmp.name) / "model"), threads, trust_torchscript)
-    model._tmp = tmp  # the directory goes when the model does
-    return model

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from distill.data.encoders import FeatureEncoder
+from distill.data.kinds import KINDS, FeatureEncoder
 from distill.run import Run
-from distill.serving.export import serving_role
 from distill.serving.exported import ExportedModel
+from distill.serving.manifest import serving_role
 
 TOLERANCE = 1e-5
-ONNX_TYPES = {"categorical": ("tensor(int64)", 1), "numeric": ("tensor(float)", 2), "multi_categorical": ("tensor(int64)", 2)}
 
 
 @dataclass
@@ -51,17 +50,7 @@ def sample_column(enc: FeatureEncoder, n: int, rng: np.random.Generator) -> pa.A
     """`n` plausible values of one feature, with some unseen categories and some nulls, so the
     out-of-vocabulary and missing paths are exercised too."""
     null = rng.random(n) < 0.05
-    if enc.kind == "numeric":
-        x = enc.mean + enc.std * rng.normal(0, 1.5, n)
-        return pa.array(x, pa.float64(), mask=null)
-    vocab = (enc.index.vocab if enc.index and enc.index.vocab else None) or [f"v{i}" for i in range(50)]
-
-    def draw() -> str:
-        return f"unseen-{rng.integers(1 << 30)}" if rng.random() < 0.1 else vocab[rng.integers(len(vocab))]
-
-    if enc.kind == "categorical":
-        return pa.array([None if m else draw() for m in null], pa.string())
-    return pa.array([None if m else enc.separator.join(draw() for _ in range(rng.integers(0, 5))) for m in null], pa.string())
+    return KINDS[enc.kind].sample(enc, null, rng)
 
 
 def sample_table(run: Run, n: int = 256, seed: int = 0) -> pa.Table:
@@ -100,7 +89,8 @@ def leak_check(run: Run, export_dir: str | Path, table: pa.Table | None = None) 
     problems += [f"'{n}' is privileged" for n in model.graph_inputs if n in privileged]
     if model.format == "onnx":
         for spec in model.input_spec():
-            want_type, want_rank = ONNX_TYPES[kinds.get(spec["name"], "categorical")]
+            kind = KINDS[kinds.get(spec["name"], "categorical")]
+            want_type, want_rank = kind.onnx_type, 1 + len(kind.row_shape)
             if spec["type"] != want_type or len(spec["shape"]) != want_rank:
                 problems.append(f"input '{spec['name']}' is {spec['type']} of rank {len(spec['shape'])}, expected {want_type} of rank {want_rank}")
     student_params = sum(p.numel() for p in {id(p): p for p in run.models[role].parameters()}.values())

@@ -16,9 +16,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from distill.data.io import file_format, resolve_files
+from distill.data.kinds import KINDS
 from distill.errors import DistillError
 from distill.outputs import no_space
-from distill.serving.exported import ROW_TYPES, ExportedModel
+from distill.serving.exported import ExportedModel
 
 CSV_BLOCK_BYTES = 16 << 20
 
@@ -111,8 +112,7 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
                     on_ignored(summary)  # said once, not once per chunk
             columns = list(dict.fromkeys(model.names + keep))
             # (a kept column keeps the type the file gives it, even when the student reads it too)
-            types = {n: (pa.string() if model.kinds[n] != "numeric" else ROW_TYPES["numeric"])
-                     for n in model.names if n not in keep}
+            types = {n: KINDS[model.kinds[n]].csv_type for n in model.names if n not in keep}
             try:
                 for batch in iter_chunks(path, kind, columns, types, chunk_rows):
                     table = pa.Table.from_batches([batch])

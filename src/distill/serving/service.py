@@ -26,36 +26,24 @@ import numpy as np
 from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from distill.data.kinds import KINDS
 from distill.errors import DistillError
 from distill.serving.exported import ExportedModel
 
-Category = Union[StrictStr, StrictInt]
-FIELD_TYPES: dict[str, Any] = {
-    # null is allowed and means missing (a numeric's missing flag, a category's OOV bucket)
-    "categorical": Union[Category, None],
-    "numeric": Annotated[Union[float, None], Field(strict=True, allow_inf_nan=False)],
-    "multi_categorical": Union[list[Category], StrictStr, None],
-}
+# each kind's field type (null is allowed and means missing: a numeric's missing flag, a category's OOV bucket)
+FIELD_TYPES: dict[str, Any] = {name: kind.request_field for name, kind in KINDS.items()}
 MAX_BODY_BYTES = 8 * 1024 * 1024  # about 65,000 rows of the demo's seven features
 MAX_ROWS = 10_000
-DESCRIPTIONS = {
-    "categorical": "a category (string or integer); unseen values use the out-of-vocabulary bucket",
-    "numeric": "a finite number; null means missing",
-    "multi_categorical": "a list of categories, or one string of them joined by the separator",
-}
 
 
 def row_model(model: ExportedModel) -> type[BaseModel]:
     """A pydantic model with one required field per serving feature and nothing else."""
     fields: dict[str, Any] = {}
     for f in model.manifest["serving"]:
-        desc = DESCRIPTIONS[f["type"]]
-        if f["type"] == "multi_categorical":
-            desc += f" ({f.get('separator', ' ')!r})"
-        fields[f["name"]] = (FIELD_TYPES[f["type"]], Field(..., description=desc))
+        fields[f["name"]] = (FIELD_TYPES[f["type"]], Field(..., description=KINDS[f["type"]].describe(f)))
     return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -256,9 +244,5 @@ def _is_json(content_type: str) -> bool:
 
 def _example(model: ExportedModel) -> dict[str, Any]:
     """A plausible row for the OpenAPI page: the first vocabulary value of each feature."""
-    row: dict[str, Any] = {}
-    for n in model.names:
-        enc = model.encoders.features[n]
-        first = (enc.index.vocab or ["a"])[0] if enc.index else None
-        row[n] = round(enc.mean, 3) if enc.kind == "numeric" else [first] if enc.kind == "multi_categorical" else first
-    return row
+    feats = model.encoders.features
+    return {n: KINDS[feats[n].kind].example(feats[n]) for n in model.names}

@@ -8,7 +8,6 @@ import functools
 import math
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,6 +16,7 @@ from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
 from distill.errors import DistillError
+from distill.inference import label_values, predict_logits, to_output  # noqa: F401  (re-exported)
 from distill.training.log import RunLog  # noqa: F401  (re-exported: the loops import it from here)
 
 OPTIMIZERS = {
@@ -82,16 +82,6 @@ class Optimizers:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: Encoded, features: list[str], batch_size: int = 8192) -> torch.Tensor:
-    """Logits for every row of `data`, in eval mode; the model sees only `features`."""
-    was_training = model.training
-    model.eval()
-    out = [model(b.select(features)) for b in data.batches(batch_size)]
-    model.train(was_training)
-    return torch.cat(out)  # (N,) or (N, C)
-
-
-@torch.no_grad()
 def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | None = None,
                  precision: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
     """Logits for every training row, placed by row number (works for streamed splits too); with
@@ -111,21 +101,6 @@ def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | No
     model.train(was_training)
     assert out is not None
     return distributed.sum_parts(out)  # under torchrun each rank predicted its slices: gather them
-
-
-def to_output(logits: torch.Tensor, label: LabelEncoder, temperature: float = 1.0) -> np.ndarray:
-    """Logits → what a user reads: probability, class probabilities, or a value on the label's scale."""
-    if label.task == "binary":
-        return torch.sigmoid(logits / temperature).numpy()
-    if label.task == "multiclass":
-        return torch.softmax(logits / temperature, dim=-1).numpy()
-    return (logits * label.std + label.mean).numpy()
-
-
-def label_values(data: Encoded, label: LabelEncoder) -> np.ndarray:
-    assert data.y is not None
-    y = data.y.numpy()
-    return y * label.std + label.mean if label.task == "regression" else y
 
 
 def evaluate(model: nn.Module, data: Encoded, features: list[str], label: LabelEncoder) -> dict[str, float]:
