@@ -12,14 +12,14 @@ Reported two ways: the best grid cell on the test set (what the paper did) and T
 validation split carved from the training images (20 % of them; teacher and students are refitted
 on the other 80 % to choose, and the chosen cell's full-data model is the one reported).
 
-This benchmark fits 2 × 10 × 66 × 2 students, so it calls distill's lower layers directly (the
-library's Encoders, models, `train_single` loop and losses; a `distill.train` call per fit would
-spend more time writing run directories than training): the same code `distill train` runs in mode
-`async`, where the student is `train_single(..., soft=teacher logits)`.
+This benchmark fits 2 × 10 × 66 × 2 students, so it calls distill's phase functions directly
+(`distill.phases`: fit_teacher, cache_teacher_logits, fit_baseline, fit_student; a `distill.train` call
+per fit would spend more time writing run directories and retraining the teacher and the baseline
+than training students): the same phases `distill train` runs in mode `async`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,41 +63,40 @@ class Fitted:
 
 def fit_grid(cfg, X: np.ndarray, X7: np.ndarray, y: np.ndarray, train_idx: np.ndarray, eval_idx: np.ndarray,
              seed: int, ts: tuple, lambdas: tuple) -> Fitted:
-    """Teacher on the training rows, then one student per (T, λ), all from the same initialisation
-    and data order; accuracy on the evaluation rows."""
+    """Teacher on the training rows, its logits cached once, the student alone (λ = 0) once, then one
+    student per (T, λ > 0), all from the same initialisation and data order; accuracy on the evaluation rows."""
     from distill.data.loader import InMemoryLoader
-    from distill.run import build
-    from distill.training.common import RunLog, evaluate, predict_logits
-    from distill.training.single import train_single
+    from distill.phases import cache_teacher_logits, fit_baseline, fit_student, fit_teacher
+    from distill.run import build_member
+    from distill.training.common import evaluate
+    from distill.training.loop import Plan
 
     def table(idx):
         return common.numeric_table({"x": X7[idx], "p": X[idx]}, y[idx])
 
+    def accuracy(member):
+        return evaluate(member.module, splits.test, member.features, label)["accuracy"]
+
     cfg = cfg.model_copy(deep=True)
     cfg.train.seed = seed
     splits = common.encode_splits(cfg, table(train_idx), test=table(eval_idx))
-    enc, label, log = splits.encoders, splits.encoders.label, RunLog(None, quiet=True)
-    teacher, t_feats = build(cfg, enc, "teacher", seed)
-    bs = cfg.train.batch_size
-    train_single(cfg, teacher, t_feats, InMemoryLoader(splits.train, bs, seed), None, label, log, phase="teacher")
-    teacher_acc = evaluate(teacher, splits.test, t_feats, label)["accuracy"]
-    soft = predict_logits(teacher, splits.train, t_feats)  # (N, 10), the frozen teacher, once
-    # The students' splits carry only the 49 serving columns, so nothing here depends on the loader
-    # gathering only a model's columns (which `distill train` now does with `loader.narrowed`).
-    s_names = [f"x{j}" for j in range(X7.shape[1])]
-    s_train, s_test = (replace(e, features={n: e.features[n] for n in s_names}) for e in (splits.train, splits.test))
+    enc, label, plan = splits.encoders, splits.encoders.label, Plan.from_config(cfg)
+    loader = InMemoryLoader(splits.train, cfg.train.batch_size, seed)  # one data set and order for every fit
+    teacher = build_member(cfg, enc, "teacher", seed)
+    fit_teacher(teacher, loader, None, label, plan)
+    teacher_acc = accuracy(teacher)
+    soft = cache_teacher_logits(teacher, loader)  # (N, 10), the frozen teacher, once
+    alone = build_member(cfg, enc, "baseline", seed)  # λ = 0 ignores T: the student alone, fitted once
+    fit_baseline(alone, loader, None, label, plan)
     grid = np.full((len(ts), len(lambdas)), np.nan)
     for i, T in enumerate(ts):
         for j, lam in enumerate(lambdas):
-            if lam == 0.0 and i > 0:  # λ = 0 ignores T: the student alone, fitted once
-                grid[i, j] = grid[0, j]
+            if lam == 0.0:
+                grid[i, j] = accuracy(alone)
                 continue
-            cell = cfg.model_copy(deep=True)
-            cell.distillation.weight, cell.distillation.temperature = lam, float(T)
-            student, s_feats = build(cell, enc, "student", seed)
-            train_single(cell, student, s_feats, InMemoryLoader(s_train, bs, seed), None, label, log, phase="student",
-                         soft=(lambda batch: soft[batch.index]) if lam > 0 else None)
-            grid[i, j] = evaluate(student, s_test, s_feats, label)["accuracy"]
+            student = build_member(cfg, enc, "student", seed)  # the same initialisation as the baseline
+            fit_student(student, soft, loader, None, label, plan, lam=lam, temperature=float(T))
+            grid[i, j] = accuracy(student)
     return Fitted(teacher_acc, grid)
 
 
@@ -217,8 +216,8 @@ the paper tested on MNIST's 10,000 test images). {s['subsets']} random subsets p
 Honest choice vs best cell: {gaps} (goal: within 0.03).
 
 What is run, per subset: a teacher MLP (20-20 ReLU) on the 28×28 view, then for every (T, λ) a student MLP (20-20
-ReLU) on the 7×7 view, `train_single(..., soft=teacher logits)`, which is what `distill train` runs for the student in
-mode `async`; all students of a subset share one initialisation and data order, so λ = 0 is the student alone.
+ReLU) on the 7×7 view, `distill.phases.fit_student(student, cached teacher logits, ...)`, which is what `distill train`
+runs for the student in mode `async`; all students of a subset share one initialisation and data order, so λ = 0 is the student alone.
 RMSprop, lr 1e-3, batches of 128, 50 epochs, no early stopping (the authors' code: Keras defaults). Inputs are
 standardised per pixel by distill's encoders (the authors scaled pixels to [0, 1]).
 
@@ -230,8 +229,8 @@ Differences from the paper to keep in mind:
   over the whole grid, the cell with the best validation accuracy is chosen, and the reported number is that
   cell's model trained on all n images (from the main grid). "One choice per n" averages validation accuracy over
   the subsets before choosing; "each subset" chooses on its own {int(round(0.2 * 300))} or {int(round(0.2 * 500))} validation images.
-- distill calls its lower layers here (Encoders, `distill.run.build`, `training.single.train_single`, `evaluate`)
-  instead of one `distill.train` per fit, to fit {2 * len(s['sizes']) * s['subsets'] * len(s['ts']) * len(s['lambdas'])} fits in the time budget.
+- distill's phase functions are called here (`distill.phases`: one teacher, one set of cached logits and one
+  student alone per subset, reused across the grid) instead of one `distill.train` per fit, to fit {2 * len(s['sizes']) * s['subsets'] * len(s['ts']) * len(s['lambdas'])} fits in the time budget.
 
 {grid_text}
 Wall time: {s['seconds']:.0f} s. {common.environment_note()}

@@ -1,9 +1,9 @@
-"""Config errors name the key and suggest the closest one; schema rules that protect serving."""
+"""Config errors name the key and suggest the closest one; schema and mode rules (recipes.check)."""
 import copy
 
 import pytest
 
-from distill import schema
+from distill import recipes, schema
 from distill.config import config_from_dict, load_config
 from distill.errors import DistillError
 
@@ -13,7 +13,7 @@ from conftest import base_config
 def err(raw) -> str:
     with pytest.raises(DistillError) as e:
         cfg = config_from_dict(raw)
-        schema.check(cfg)
+        recipes.check(cfg)
     return str(e.value)
 
 
@@ -82,7 +82,7 @@ def test_bad_values_name_the_key(raw_config, section, value, message):
 
 def test_warning_when_teacher_has_nothing_to_teach(tmp_path):
     raw = base_config(tmp_path, teacher={"model": "dnn", "hidden": [16], "embedding_dim": 8, "features": "serving"})
-    warnings = schema.check(config_from_dict(raw))
+    warnings = recipes.check(config_from_dict(raw))
     assert any("nothing to transfer" in w for w in warnings)
 
 

@@ -4,7 +4,8 @@ import torch
 
 from conftest import base_config, cfg_of
 from distill.run import train
-from distill.training.common import Optimizers, make_optimizer, unique_parameters
+from distill.training.common import Optimizers
+from distill.training.loop import Plan
 
 
 def test_sparse_step_moves_only_touched_rows(tmp_path):
@@ -15,7 +16,7 @@ def test_sparse_step_moves_only_touched_rows(tmp_path):
     model = run.models["baseline"]
     table = model.embedding.tables["user"]
     assert table.sparse
-    opt = make_optimizer(cfg_of(raw), unique_parameters(model), (model,))
+    opt = Plan.from_config(cfg_of(raw)).optimizer(model)
     assert isinstance(opt, Optimizers) and isinstance(opt.parts[0], torch.optim.SparseAdam)
     before = table.weight.detach().clone()
     from distill.data.batch import Batch

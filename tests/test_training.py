@@ -120,14 +120,14 @@ def test_async_computes_soft_labels_once_whatever_the_epochs(tmp_path):
         r["train"]["epochs"] = epochs
         r["teacher"] = {"model": "dnn", "hidden": [32, 16], "embedding_dim": 8}
         spy_models.SEEN.clear()
-        import distill.training.asynchronous as a
+        import distill.phases as p
         seen = []
-        original = a.predict_rows
-        a.predict_rows = lambda model, loader, feats, **kw: seen.append(loader.num_rows) or original(model, loader, feats, **kw)
+        original = p.cache_logits
+        p.cache_logits = lambda teacher, loader, **kw: seen.append(loader.num_rows) or original(teacher, loader, **kw)
         try:
             run = train(cfg_of(r), quiet=True)
         finally:
-            a.predict_rows = original
+            p.cache_logits = original
         calls[epochs] = seen
         assert "teacher" in run.models
         # the loaded teacher is the checkpoint's, unchanged

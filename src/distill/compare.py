@@ -21,7 +21,7 @@ from distill.config import Config
 from distill.data.dataset import load_splits
 from distill.errors import DistillError
 from distill.run import prepare_output, publish, train
-from distill.schema import check
+from distill.recipes import check
 
 
 def _stats(values: list[float]) -> dict[str, float]:

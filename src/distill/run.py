@@ -1,5 +1,5 @@
-"""A run end to end: read data, build teacher and student, train in the configured mode, train the
-no-distillation baseline, evaluate, and write the run directory. Also `load_run` to use it later.
+"""A run end to end: read data, build the models the mode's recipe declares (recipes.py), run the
+recipe (its phases: phases.py), evaluate, and write the run directory. Also `load_run` to use it later.
 
 Run directory (written under `<output>.partial` and renamed when complete, so it appears whole):
     config.yaml          the resolved config (also inside every checkpoint's metadata)
@@ -33,22 +33,21 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from distill import distributed, outputs, schema
+from distill import distributed, outputs, recipes, schema
 from distill.config import Config, config_from_dict, dump_config
 from distill.data.dataset import Encoders, Splits, load_splits
 from distill.data.io import read_table, resolve_files
 from distill.errors import DistillError
+from distill.member import Member
 from distill.models import build_model
-from distill.models.parts import FeatureInfo, share_tables
+from distill.models.parts import FeatureInfo
 from distill.data.loader import InMemoryLoader
 from distill.data.stream import StreamingLoader
-from distill.training.asynchronous import train_async_student
+from distill.recipes import Context
 from distill.training.checkpoint import (Checkpoints, CheckpointError, atomic_write, data_fingerprint, disk_full,
                                         require_good, write_failed)
 from distill.training.common import RunLog, evaluate, label_values, predict_logits, to_output
 from distill.training.log import trim_events
-from distill.training.single import train_single
-from distill.training.sync import train_sync
 
 ROLES = ("teacher", "student", "baseline")
 
@@ -106,12 +105,12 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     >>> run = train(load_config("config.yaml"))        # doctest: +SKIP
     >>> run.metrics["student"]["test"]["auc"]
     """
-    warnings = schema.check(cfg)
+    recipe = recipes.recipe(cfg)
+    warnings = recipes.check(cfg)
     output = Path(output or cfg.output)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.use_deterministic_algorithms(cfg.train.deterministic)
-    mode, seed = cfg.distillation.mode, cfg.train.seed
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
     # Under torchrun only rank 0 touches the run directory (README, "Training on several processes"); a world of one
     # runs exactly the lines it always did.
@@ -128,74 +127,11 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     try:
         for w in warnings:
             log.info(f"warning: {w}")
-        t0 = time.perf_counter()
-        if splits is None:
-            splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
-        loader = make_loader(cfg, splits)
-        distributed.agree("encoders and training rows", (splits.encoders.to_dict(), loader.num_rows))
-        info: dict[str, Any] = {"mode": mode, "seed": seed, "warnings": warnings, "versions": versions(),
-                                "world_size": distributed.world(),
-                                "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
-                                "filled_values": splits.train_missing or {}}
-        for n, c in (splits.train_missing or {}).items():  # a category's NaN and inf count here too
-            how = "filled and flagged" if splits.encoders.features[n].kind == "numeric" else "read as missing (the out-of-vocabulary bucket)"
-            log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, {how}")
-        label = splits.encoders.label
-        models, features = _build_all(cfg, splits.encoders, teacher_run)
-        distributed.seed_rank(seed)
-        if "teacher" in models:
-            log.info(f"teacher: {cfg.teacher.model} on {len(features['teacher'])} features "
-                     f"({_params(models['teacher']):,} parameters); student: {cfg.student.model} on "
-                     f"{len(features['student'])} serving features ({_params(models['student']):,} parameters)")
-        if mode == "sync" and cfg.distillation.share_embeddings:
-            common = [n for n in features["student"] if n in features["teacher"] and n not in cfg.distillation.separate_embeddings]
-            info["shared_tables"] = share_tables(models["teacher"], models["student"], common)
-            log.info(f"sharing embedding tables: {', '.join(info['shared_tables']) or 'none'}")
-
-        # What the checkpoints were trained on, so a resume on other data is refused (only rank 0 reads them)
-        fingerprint = _fingerprint(cfg, splits.encoders) if main and cfg.train.checkpoint_every else None
-        ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, models, write=main,
-                           fingerprint=fingerprint, on_save=log.flush)
-        if resume:
-            _resume(ckpt, partial)
-            for w in ckpt.warnings:
-                log.info(f"warning: {w}")
-        # under torchrun, rank r takes the r-th slice of each global batch of `batch_size` rows
-        loader = distributed.shard(loader)
-        valid = splits.valid
-
-        def phase(name: str, fn, *args, **kwargs) -> None:
-            """Run one training phase unless a checkpoint says it is already done."""
-            if name not in ckpt.completed:
-                t = time.perf_counter()
-                summary = fn(*args, **kwargs, ckpt=ckpt)
-                summary["wall_seconds"] = time.perf_counter() - t
-                ckpt.finish(name, summary)
-
-        if mode == "sync":
-            both = list(dict.fromkeys(features["teacher"] + features["student"]))
-            phase("sync", train_sync, cfg, models["teacher"], models["student"], features["teacher"],
-                  features["student"], loader.narrowed(both), valid, label, log)
-        elif mode == "async":
-            if teacher_run is None:
-                log.info("async: training the teacher")
-                phase("teacher", train_single, cfg, models["teacher"], features["teacher"], loader.narrowed(features["teacher"]),
-                      valid, label, log, "teacher")
-            phase("student", train_async_student, cfg, models["teacher"], models["student"], features["teacher"],
-                  features["student"], loader, valid, label, log)
-        elif mode == "offline":
-            phase("student", train_single, cfg, models["student"], features["student"], loader.narrowed(features["student"]),
-                  valid, label, log, "student", soft=lambda batch: batch.soft)
-        if "baseline" in models:
-            log.info("training the baseline: the same student without distillation")
-            phase("baseline", train_single, cfg, models["baseline"], features["baseline"], loader.narrowed(features["baseline"]),
-                  valid, label, log, "baseline")
-        info["phases"] = ckpt.completed
-        info["train_seconds"] = sum(v["wall_seconds"] for k, v in ckpt.completed.items() if k != "baseline")
-        if "baseline" in ckpt.completed:
-            info["baseline_seconds"] = ckpt.completed["baseline"]["wall_seconds"]
-
-        results = {role: _evaluate_all(models[role], features[role], splits, label) for role in ROLES if role in models}
+        splits, loader, info = _load(cfg, splits, teacher_run, warnings, log)
+        members, ckpt = _fit(cfg, recipe, splits, loader, teacher_run, info, log, partial, resume, main)
+        models = {m.name: m.module for m in members.values()}
+        features = {m.name: m.features for m in members.values()}
+        results = {n: _evaluate_all(models[n], features[n], splits, splits.encoders.label) for n in models}
 
         def finish() -> None:
             try:
@@ -243,6 +179,52 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     return load_run(output)
 
 
+def _load(cfg: Config, splits: Splits | None, teacher_run: "Run | None", warnings: list[str],
+          log: RunLog) -> tuple[Splits, Any, dict[str, Any]]:
+    """Read and encode the splits (unless given), make the training loader, start run.json's info."""
+    t0 = time.perf_counter()
+    if splits is None:
+        splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
+    loader = make_loader(cfg, splits)
+    distributed.agree("encoders and training rows", (splits.encoders.to_dict(), loader.num_rows))
+    info: dict[str, Any] = {"mode": cfg.distillation.mode, "seed": cfg.train.seed, "warnings": warnings,
+                            "versions": versions(), "world_size": distributed.world(),
+                            "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
+                            "filled_values": splits.train_missing or {}}
+    for n, c in (splits.train_missing or {}).items():  # a category's NaN and inf count here too
+        how = "filled and flagged" if splits.encoders.features[n].kind == "numeric" else "read as missing (the out-of-vocabulary bucket)"
+        log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, {how}")
+    return splits, loader, info
+
+
+def _fit(cfg: Config, recipe: recipes.Recipe, splits: Splits, loader, teacher_run: "Run | None", info: dict[str, Any],
+         log: RunLog, partial: Path, resume: bool, main: bool) -> tuple[dict[str, Member], Checkpoints]:
+    """Build the models the recipe declares, resume from a checkpoint if asked, run the recipe."""
+    members = build_members(cfg, splits.encoders, teacher_run)
+    distributed.seed_rank(cfg.train.seed)
+    if "teacher" in members:
+        t, s = members["teacher"], members["student"]
+        log.info(f"teacher: {cfg.teacher.model} on {len(t.features)} features ({t.parameters_count():,} parameters); "
+                 f"student: {cfg.student.model} on {len(s.features)} serving features ({s.parameters_count():,} parameters)")
+    # What the checkpoints were trained on, so a resume on other data is refused (only rank 0 reads them)
+    fingerprint = _fingerprint(cfg, splits.encoders) if main and cfg.train.checkpoint_every else None
+    ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, {m.name: m.module for m in members.values()},
+                       write=main, fingerprint=fingerprint, on_save=log.flush)
+    ctx = Context(cfg, members, loader, splits.valid, splits.encoders.label, log, ckpt, info)
+    recipe.prepare(ctx)  # before resuming: a checkpoint's weights load into tables already shared
+    if resume:
+        _resume(ckpt, partial)
+        for w in ckpt.warnings:
+            log.info(f"warning: {w}")
+    ctx.loader = distributed.shard(loader)  # under torchrun, rank r takes the r-th slice of each global batch
+    recipe.train(ctx)
+    info["phases"] = ckpt.completed
+    info["train_seconds"] = sum(v["wall_seconds"] for k, v in ckpt.completed.items() if k != "baseline")
+    if "baseline" in ckpt.completed:
+        info["baseline_seconds"] = ckpt.completed["baseline"]["wall_seconds"]
+    return members, ckpt
+
+
 def _resume(ckpt: Checkpoints, partial: Path) -> None:
     """Load the newest good checkpoint on every rank. Rank 0 reads it (only it needs the run
     directory) and sends it to the others; its positions are in global batches, so any number
@@ -275,21 +257,22 @@ def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoade
     return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)
 
 
-def _build_all(cfg: Config, encoders: Encoders, teacher_run: "Run | None") -> tuple[dict[str, nn.Module], dict[str, list[str]]]:
-    """Every model the mode needs, built up front (so a checkpoint holds them all)."""
-    mode, seed = cfg.distillation.mode, cfg.train.seed
-    models: dict[str, nn.Module] = {}
-    features: dict[str, list[str]] = {}
-    if mode in ("sync", "async"):
-        if teacher_run is not None:
-            models["teacher"], features["teacher"] = teacher_run.models["teacher"], teacher_run.features["teacher"]
+def build_member(cfg: Config, encoders: Encoders, name: str, seed: int | None = None) -> Member:
+    """A freshly initialised model `name` ("teacher", "student", "baseline") for `cfg`, with its
+    features (seed: train.seed by default; the student and the baseline start identical)."""
+    module, features = build(cfg, encoders, name, cfg.train.seed if seed is None else seed)
+    return Member(name, recipes.role_of(name), module, features)
+
+
+def build_members(cfg: Config, encoders: Encoders, teacher_run: "Run | None") -> dict[str, Member]:
+    """Every model the mode's recipe declares, built up front (so a checkpoint holds them all)."""
+    members: dict[str, Member] = {}
+    for name in recipes.members(cfg):
+        if name == "teacher" and teacher_run is not None:
+            members[name] = Member(name, "teacher", teacher_run.models["teacher"], teacher_run.features["teacher"])
         else:
-            models["teacher"], features["teacher"] = build(cfg, encoders, "teacher", seed)
-    if mode != "none":
-        models["student"], features["student"] = build(cfg, encoders, "student", seed)
-    if cfg.train.baseline or mode == "none":
-        models["baseline"], features["baseline"] = build(cfg, encoders, "baseline", seed)
-    return models, features
+            members[name] = build_member(cfg, encoders, name)
+    return members
 
 
 def resume_output(output: Path, cfg: Config) -> Path:
@@ -433,6 +416,11 @@ class Run:
     metrics: dict[str, Any]
     models: dict[str, nn.Module] = field(default_factory=dict)
     features: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[Member]:
+        """Each model with its features (teacher, student, baseline: those the run holds)."""
+        return [Member(n, recipes.role_of(n), m, self.features[n]) for n, m in self.models.items()]
 
     @property
     def serving_features(self) -> list[str]:

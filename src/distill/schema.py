@@ -62,11 +62,11 @@ def model_features(cfg: Config, role: str) -> list[FeatureConfig]:
 
 
 def check(cfg: Config) -> list[str]:
-    """Validate cross-field rules; return warnings (things that run but are probably not meant)."""
+    """Validate the cross-field rules every mode shares; return warnings (things that run but are
+    probably not meant). Each mode's own rules are its recipe's check (recipes.py; `recipes.check`
+    runs both)."""
     warnings: list[str] = []
-    student = model_features(cfg, "student")
-    mode = cfg.distillation.mode
-    teacher = model_features(cfg, "teacher") if mode in ("sync", "async") else []
+    model_features(cfg, "student")
     for role in ("teacher", "student"):
         mc: ModelConfig = getattr(cfg, role)
         if mc.model == "two_tower":
@@ -74,32 +74,24 @@ def check(cfg: Config) -> list[str]:
                 raise DistillError(f"{role}.model: two_tower scores one user-item pair; it does not do multiclass")
             if not mc.user_features:
                 raise DistillError(f"{role}.user_features: two_tower needs the user tower's features (the rest form the item tower)")
-    d = cfg.distillation
-    if mode == "offline" and not d.soft_label:
-        raise DistillError("distillation.soft_label: mode 'offline' needs the column that holds the teacher's score")
-    if mode != "offline" and d.soft_label:
-        warnings.append(f"distillation.soft_label is ignored in mode '{mode}'")
-    if d.teacher_checkpoint and mode != "async":
-        raise DistillError("distillation.teacher_checkpoint: only mode 'async' starts from a trained teacher")
-    if d.share_embeddings and mode != "sync":
-        raise DistillError("distillation.share_embeddings: only mode 'sync' trains both models together and can share tables")
     names = {f.name for f in cfg.features}
-    for n in d.separate_embeddings:
+    for n in cfg.distillation.separate_embeddings:
         if n not in names:
             raise DistillError(f"distillation.separate_embeddings: '{n}' is not a feature in the schema")
-    if d.share_embeddings and cfg.teacher.embedding_dim != cfg.student.embedding_dim:
-        raise DistillError(
-            "distillation.share_embeddings: teacher.embedding_dim and student.embedding_dim differ "
-            f"({cfg.teacher.embedding_dim} vs {cfg.student.embedding_dim}); shared tables need one size"
+    return warnings
+
+
+def teacher_warnings(cfg: Config) -> list[str]:
+    """A teacher that has nothing to transfer, or ignores the privileged features (modes with a teacher)."""
+    warnings: list[str] = []
+    teacher, student = model_features(cfg, "teacher"), model_features(cfg, "student")
+    extra = {f.name for f in teacher} - {f.name for f in student}
+    same_model = cfg.teacher.model_dump(exclude={"features", "user_features"}) == cfg.student.model_dump(exclude={"features", "user_features"})
+    if not extra and same_model:
+        warnings.append(
+            "the teacher sees no feature the student does not and has the same architecture: "
+            "distillation has nothing to transfer (declare privileged features or make the teacher bigger)"
         )
-    if teacher:
-        extra = {f.name for f in teacher} - {f.name for f in student}
-        same_model = cfg.teacher.model_dump(exclude={"features", "user_features"}) == cfg.student.model_dump(exclude={"features", "user_features"})
-        if not extra and same_model:
-            warnings.append(
-                "the teacher sees no feature the student does not and has the same architecture: "
-                "distillation has nothing to transfer (declare privileged features or make the teacher bigger)"
-            )
-        if not any(f.privileged for f in teacher) and privileged(cfg):
-            warnings.append("the schema declares privileged features but the teacher does not read them")
+    if not any(f.privileged for f in teacher) and privileged(cfg):
+        warnings.append("the schema declares privileged features but the teacher does not read them")
     return warnings

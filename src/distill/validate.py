@@ -42,9 +42,10 @@ def validate(cfg: Config) -> Validation:
 
     from distill.data.dataset import load_splits
     from distill.models.parts import share_tables
+    from distill import recipes
     from distill.run import _params, _teacher_run, build, make_loader
 
-    warnings = schema.check(cfg)
+    warnings = recipes.check(cfg)
     mode = cfg.distillation.mode
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
     splits = load_splits(cfg, encoders=teacher_run.encoders if teacher_run else None)
@@ -66,9 +67,7 @@ def validate(cfg: Config) -> Validation:
     priv = {f.name for f in schema.privileged(cfg)}
     models: list[ModelSummary] = []
     built: dict[str, Any] = {}
-    roles = [r for r, needed in (("teacher", mode in ("sync", "async")), ("student", mode != "none"), ("baseline", True))
-             if needed and (r != "baseline" or cfg.train.baseline or mode == "none")]
-    for role in roles:
+    for role in recipes.members(cfg):  # what train would build, as its recipe declares
         if role == "teacher" and teacher_run is not None:
             model, names = teacher_run.models["teacher"], teacher_run.features["teacher"]
         else:

@@ -41,6 +41,18 @@ class Batch:
         """The same rows with only `names` as features: the view one model is allowed to see."""
         return Batch({n: self.features[n] for n in names}, self.y, self.weight, self.index, self.soft)
 
+    def to(self, device: torch.device) -> "Batch":
+        """Every tensor of the batch on `device` (see distill.device); itself when already there."""
+        tensors = [*self.features.values(), self.y, self.weight, self.index, self.soft]
+        if all(t is None or t.device == device for t in tensors):
+            return self  # the CPU case: no copy, no new object per step
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return Batch({n: t.to(device, non_blocking=True) for n, t in self.features.items()},
+                     move(self.y), move(self.weight), move(self.index), move(self.soft))
+
 
 @dataclass
 class Encoded:

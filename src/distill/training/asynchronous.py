@@ -1,36 +1,37 @@
 """Asynchronous distillation, second phase: the student against a frozen teacher.
 
-The teacher was trained first (`single.py`, phase "teacher") or loaded from a checkpoint. It goes to
+The teacher was trained first (single.py, phase "teacher") or loaded from a checkpoint. It goes to
 eval mode with gradients off, and its logits on the training split are computed once and reused in
 every student epoch: the teacher does not change, so re-running it each step would only cost time.
+The student's step is single.py's with the cache as its soft labels:
+
+    loss = (1 − λ)·L_s(y, f_s(x)) + λ·L_d(cache[rows], f_s(x))
 """
 from __future__ import annotations
 
-import time
+import contextlib
+from typing import Callable
 
-from torch import nn
+import torch
 
-from distill.config import Config
-from distill.data.batch import Encoded
-from distill.data.encoders import LabelEncoder
-from distill.data.loader import InMemoryLoader
-from distill.training.checkpoint import Checkpoints
-from distill.training.common import RunLog, autocast, predict_rows
-from distill.training.single import train_single
+from distill.data.batch import Batch
+from distill.member import Member
+from distill.training.common import RunLog, predict_rows
 
 
-def train_async_student(cfg: Config, teacher: nn.Module, student: nn.Module, teacher_features: list[str],
-                        student_features: list[str], loader: InMemoryLoader, valid: Encoded | None,
-                        label: LabelEncoder, log: RunLog, ckpt: Checkpoints | None = None) -> dict:
-    teacher.eval()
-    teacher.requires_grad_(False)
-    t0 = time.perf_counter()
-    # (N,) or (N, C), once. Under torchrun each rank predicts its slices and all ranks get every row.
-    # The frozen teacher is never wrapped in DDP: it has nothing to learn, so nothing to reduce.
-    cache = predict_rows(teacher, loader.narrowed(teacher_features), teacher_features, log=log,
-                        precision=autocast(cfg))
-    soft_seconds = time.perf_counter() - t0
-    log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
-    summary = train_single(cfg, student, student_features, loader.narrowed(student_features), valid, label, log, phase="student",
-                           soft=lambda batch: cache.index_select(0, batch.index), ckpt=ckpt)
-    return summary | {"soft_label_seconds": soft_seconds}
+def cache_logits(teacher: Member, loader, log: RunLog | None = None,
+                 precision: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """The frozen teacher's logits on every training row, (N,) or (N, C), by row number.
+
+    Under torchrun each rank predicts its slices and all ranks get every row. The frozen teacher
+    is never wrapped in DDP: it has nothing to learn, so nothing to reduce."""
+    teacher.module.eval()
+    teacher.module.requires_grad_(False)
+    return predict_rows(teacher.module, loader.narrowed(teacher.features), teacher.features, log=log,
+                        precision=precision)
+
+
+def from_cache(cache: torch.Tensor) -> Callable[[Batch], torch.Tensor]:
+    """The soft labels of a batch: the cached teacher logits of its rows."""
+    return lambda batch: cache.index_select(0, batch.index)
+

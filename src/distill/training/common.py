@@ -1,4 +1,5 @@
-"""Pieces the loops share: optimizers, batched inference, validation with keep-the-best (step logs: log.py)."""
+"""Pieces the loop (loop.py) and the phases share: optimizers, batched inference, evaluation, keep-the-best
+(step logs: log.py; where tensors live and autocast: distill/device.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -39,20 +40,21 @@ def unique_parameters(*models: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def make_optimizer(cfg: Config, params: list[nn.Parameter], models: tuple[nn.Module, ...] = ()) -> "torch.optim.Optimizer | Optimizers":
-    """The configured optimizer; with train.sparse_embeddings, SparseAdam for the sparse tables of
-    `models` and the configured one for everything else."""
-    kind = OPTIMIZERS[cfg.train.optimizer]
+def make_optimizer(kind: str, lr: float, weight_decay: float, params: list[nn.Parameter],
+                   models: tuple[nn.Module, ...] = ()) -> "torch.optim.Optimizer | Optimizers":
+    """The optimizer `kind` (train.optimizer) over `params`; the sparse embedding tables of
+    `models` (train.sparse_embeddings) get SparseAdam and everything else `kind`."""
+    optimizer = OPTIMIZERS[kind]
     # Adam's fused kernel updates every tensor in one pass: a few % faster per step on CPU
-    make = functools.partial(kind, fused=True) if cfg.train.optimizer in ("adam", "adamw") else kind
+    make = functools.partial(optimizer, fused=True) if kind in ("adam", "adamw") else optimizer
     sparse_ids = {id(m.weight) for model in models for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
     if not sparse_ids:
-        return make(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        return make(params, lr=lr, weight_decay=weight_decay)
     sparse = [p for p in params if id(p) in sparse_ids]
     dense = [p for p in params if id(p) not in sparse_ids]
-    parts = [torch.optim.SparseAdam(sparse, lr=cfg.train.lr)]
+    parts = [torch.optim.SparseAdam(sparse, lr=lr)]
     if dense:
-        parts.append(make(dense, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay))
+        parts.append(make(dense, lr=lr, weight_decay=weight_decay))
     return Optimizers(parts)
 
 
@@ -77,14 +79,6 @@ class Optimizers:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in zip(self.parts, state["parts"]):
             p.load_state_dict(s)
-
-
-def autocast(cfg: Config) -> contextlib.AbstractContextManager:
-    """The forward passes' precision: float32, or bfloat16 matrix products under torch.autocast
-    (train.precision: bf16). Callers take `.float()` of the logits, so losses stay float32."""
-    if cfg.train.precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -163,8 +157,3 @@ def stopping_metric(cfg: Config) -> tuple[str, int | None]:
     es = cfg.train.early_stopping
     metric = (es.metric if es and es.metric else None) or metrics.default_metric(cfg.task.type)
     return metric, (es.patience if es else None)
-
-
-def eval_points(cfg: Config, steps_per_epoch: int) -> int:
-    """Evaluate every this many steps (default: once per epoch)."""
-    return cfg.train.eval_every or steps_per_epoch
