@@ -286,12 +286,18 @@ TrustTorchScriptOption = typer.Option(
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
                fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
                out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT); an "
-                                                      "existing one is replaced only if it is an export distill wrote.")) -> None:
+                                                      "existing one is replaced only if it is an export distill wrote."),
+               towers: bool = typer.Option(False, "--towers", help="A two_tower student: also export its user and item "
+                                           "towers (user_tower.onnx, item_tower.onnx), each leak-checked.")) -> None:
     """Export the student alone (graph on serving features, encoders, manifest) and leak-check it."""
     from distill.serving.export import export
-    d = export(run, fmt, out_dir)
-    for c in json.loads((d / "manifest.json").read_text())["leak_check"]["checks"]:
+    d = export(run, fmt, out_dir, towers=towers)
+    manifest = json.loads((d / "manifest.json").read_text())
+    for c in manifest["leak_check"]["checks"]:
         out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False, markup=False)
+    for side, spec in manifest.get("towers", {}).items():
+        for c in spec["leak_check"]["checks"]:
+            out.print(f"leak check, {side} tower, {c['check']}: passed ({c['detail']})", highlight=False, markup=False)
     out.print(f"exported to [bold]{escape(str(d))}[/]")
 
 

@@ -1,0 +1,129 @@
+"""The two-tower student served as a retriever: the inner product of its towers is the fused
+logit, each tower exports on its own serving features (leak-checked), `distill embed` writes one
+vector per item whole or not at all, the service's /user_vector, and the retrieval metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.config import config_from_dict
+from distill.data.batch import Batch
+from distill.demo import make_log
+from distill.errors import DistillError
+from distill.inference import predict_logits
+from distill.run import Run, train
+from distill.serving import ExportedModel
+from distill.serving.export import export
+
+PRIVILEGED = ["user_cat_clicks_24h", "viewport_seconds"]
+SERVING = ["user_id", "user_age", "item_id", "item_category", "item_price", "item_tags", "hour"]
+USER = ["user_id", "user_age", "hour"]
+ITEM = ["item_id", "item_category", "item_price", "item_tags"]
+
+
+def features() -> list[dict]:
+    kinds = {"item_price": "numeric", "item_tags": "multi_categorical"}
+    return ([{"name": n, "type": kinds.get(n, "categorical")} for n in SERVING]
+            + [{"name": n, "type": "numeric", "privileged": True} for n in PRIVILEGED])
+
+
+def raw_config(d: Path, model: str = "two_tower") -> dict:
+    return {
+        "data": {"train": str(d / "train.parquet"), "valid": str(d / "valid.parquet"), "test": str(d / "test.parquet")},
+        "task": {"type": "binary", "label": "click", "group": "user_id"},
+        "features": features(),
+        "teacher": {"model": "dnn", "hidden": [16], "embedding_dim": 4},
+        "student": {"model": model, "hidden": [8], "embedding_dim": 4, "tower_dim": 4,
+                    "user_features": USER if model == "two_tower" else None},
+        "distillation": {"mode": "sync"},
+        "train": {"epochs": 1, "batch_size": 256, "threads": 1, "early_stopping": None},
+    }
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    for name, n, seed in (("train", 1500, 1), ("valid", 400, 2), ("test", 400, 3)):
+        pq.write_table(make_log(n, seed, n_users=40, n_items=60), d / f"{name}.parquet")
+    return d
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory) -> Run:
+    torch.set_num_threads(1)
+    return train(config_from_dict(raw_config(data)), output=tmp_path_factory.mktemp("runs") / "tt", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def towers(run, tmp_path_factory) -> ExportedModel:
+    return ExportedModel(export(run, "onnx", tmp_path_factory.mktemp("exp") / "towers", towers=True))
+
+
+# ----------------------------------------------------------------------------- the model
+
+def test_inner_product_of_the_towers_is_the_fused_logit(run, data):
+    model = run.models["student"]
+    table = pq.read_table(data / "valid.parquet")
+    enc = run.encoders.encode(run.config, table, "valid", features=run.features["student"], label=False)
+    batch = Batch(enc.features)
+    with torch.no_grad():
+        u, v = model.user_vector(batch.select(USER)), model.item_vector(batch.select(ITEM))
+    logits = predict_logits(model, enc, run.features["student"])
+    assert u.shape == v.shape == (table.num_rows, 4 + 1)
+    assert model.bias.item() != 0.0  # the bias coordinate is exercised, not a zero
+    assert torch.allclose((u * v).sum(1), logits, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- export --towers
+
+def test_each_tower_graph_reads_only_its_own_serving_features(towers):
+    import onnx
+    for side, want in (("user", USER), ("item", ITEM)):
+        spec = towers.manifest["towers"][side]
+        graph = onnx.load(str(towers.directory / spec["file"])).graph
+        assert [i.name for i in graph.input] == want == spec["inputs"]
+        assert spec["dim"] == 5
+        assert spec["leak_check"]["passed"]
+        assert {c["check"] for c in spec["leak_check"]["checks"]} == {"inputs", "isolation", "agreement", "inner product"}
+    assert (towers.directory / "model.onnx").is_file()  # the fused export is still there for /predict
+
+
+def test_exported_towers_reproduce_the_fused_prediction(towers, data):
+    table = pq.read_table(data / "valid.parquet")
+    logit = (towers.vectors("user", table) * towers.vectors("item", table)).sum(1)
+    prob = towers.predict(table)
+    assert np.allclose(1 / (1 + np.exp(-logit)), prob, atol=1e-5)
+
+
+def test_tower_leak_check_fails_a_tower_reading_another_towers_feature(run, towers, tmp_path):
+    """Hand the item tower's graph to the user side: the check names the feature that leaked."""
+    import shutil
+    from distill.serving.leakcheck import tower_leak_check
+    from distill.serving.manifest import sha256
+    d = tmp_path / "bad"
+    shutil.copytree(towers.directory, d)
+    m = json.loads((d / "manifest.json").read_text())
+    shutil.copy(d / "item_tower.onnx", d / "user_tower.onnx")
+    m["towers"]["user"]["inputs"] = ITEM
+    m["sha256"]["user_tower.onnx"] = sha256(d / "user_tower.onnx")
+    (d / "manifest.json").write_text(json.dumps(m))
+    report = tower_leak_check(run, d)["user"]
+    assert not report.passed
+    assert "'item_id' belongs to the item tower" in report.failure
+
+
+def test_towers_refused_for_a_student_that_is_not_two_tower(data, tmp_path):
+    r = train(config_from_dict({**raw_config(data, "dnn"), "train": {"epochs": 1, "threads": 1, "baseline": False, "early_stopping": None}}),
+              output=tmp_path / "dnn", quiet=True)
+    res = CliRunner().invoke(app, ["export", str(r.path), "--towers", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 2
+    assert "not a two_tower model" in res.output
+    assert not (tmp_path / "e").exists()
