@@ -127,3 +127,54 @@ def test_towers_refused_for_a_student_that_is_not_two_tower(data, tmp_path):
     assert res.exit_code == 2
     assert "not a two_tower model" in res.output
     assert not (tmp_path / "e").exists()
+
+
+# ----------------------------------------------------------------------------- distill embed
+
+def test_embed_writes_one_vector_per_distinct_item_readable_by_numpy(towers, data, tmp_path):
+    items = pq.read_table(data / "train.parquet")  # impressions: each item many times
+    out = tmp_path / "item_vectors.parquet"
+    res = CliRunner().invoke(app, ["embed", str(towers.directory), str(data / "train.parquet"), "-o", str(out), "--chunk-rows", "100"])
+    assert res.exit_code == 0, res.output
+    t = pq.read_table(out)
+    assert t.column_names == ["item_id", "vector"]
+    assert pa.types.is_fixed_size_list(t.schema.field("vector").type) and t.schema.field("vector").type.list_size == 5
+    ids = t["item_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(set(items["item_id"].to_pylist()))
+    vectors = np.stack(t["vector"].to_numpy(zero_copy_only=False))  # how FAISS would take them
+    first = {}
+    for i, v in enumerate(items["item_id"].to_pylist()):
+        first.setdefault(v, i)
+    want = towers.vectors("item", items.take([first[v] for v in ids]))
+    assert vectors.dtype == np.float32 and np.array_equal(vectors, want)
+
+
+def test_embed_is_whole_or_nothing(towers, data, tmp_path, monkeypatch):
+    from distill.serving.embed import embed
+    out = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"x": [1]}), out)  # an earlier output: it must survive the failure
+    before = out.read_bytes()
+    calls = {"n": 0}
+    real = towers.vectors
+
+    def failing(side, table, where="data"):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed mid-write")
+        return real(side, table, where)
+    monkeypatch.setattr(towers, "vectors", failing)
+    with pytest.raises(RuntimeError):
+        embed(towers, data / "train.parquet", out, chunk_rows=20)
+    assert calls["n"] == 3  # two chunks were written to the partial file before the failure
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["v.parquet"]
+
+
+def test_embed_names_a_missing_item_column_and_needs_towers(towers, run, data, tmp_path):
+    pq.write_table(pq.read_table(data / "train.parquet").drop_columns(["item_price"]), tmp_path / "items.parquet")
+    r = CliRunner().invoke(app, ["embed", str(towers.directory), str(tmp_path / "items.parquet"), "-o", str(tmp_path / "o.parquet")])
+    assert r.exit_code == 2 and "missing item-tower feature 'item_price'" in r.output
+    plain = export(run, "onnx", tmp_path / "plain")
+    r = CliRunner().invoke(app, ["embed", str(plain), str(data / "train.parquet"), "-o", str(tmp_path / "o.parquet")])
+    assert r.exit_code == 2 and "no item tower" in r.output
+    assert not (tmp_path / "o.parquet").exists()

@@ -303,6 +303,23 @@ def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
 
 @app.command()
 @guarded
+def embed(run: Path = typer.Argument(..., help="A two_tower run directory, or an export made with --towers."),
+          data: Path = typer.Argument(..., help="Parquet or CSV of items (a file, directory or glob): the item tower's features."),
+          output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write: item_id, vector "
+                                                          "(fixed_size_list<float32>); an existing Parquet file is replaced."),
+          id_column: Optional[str] = typer.Option(None, "--id", help="The item id column (default: item_id if the item tower reads it, else its first feature)."),
+          chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk and the ids seen.")) -> None:
+    """One item-tower vector per distinct item id, for a FAISS index or a vector database."""
+    from distill.serving.embed import embed as embed_items
+    from distill.serving.load import load_model
+    from distill.serving.predict import check_output
+    check_output(output)
+    s = embed_items(load_model(run, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
+    out.print(f"{s.items:,} item vectors (d = {s.dim}) from {s.rows:,} rows, written to [bold]{escape(str(output))}[/]")
+
+
+@app.command()
+@guarded
 def predict(run: Path = typer.Argument(..., help="A run directory or an exported model."),
             data: Path = typer.Argument(..., help="Parquet or CSV (a file, directory or glob)."),
             output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (an existing Parquet file "
