@@ -178,3 +178,45 @@ def test_embed_names_a_missing_item_column_and_needs_towers(towers, run, data, t
     r = CliRunner().invoke(app, ["embed", str(plain), str(data / "train.parquet"), "-o", str(tmp_path / "o.parquet")])
     assert r.exit_code == 2 and "no item tower" in r.output
     assert not (tmp_path / "o.parquet").exists()
+
+
+# ----------------------------------------------------------------------------- the service
+
+def test_user_vector_endpoint_beside_predict(towers, data):
+    from fastapi.testclient import TestClient
+    from distill.serving.service import create_app
+    client = TestClient(create_app(towers, max_rows=3))
+    rows = pq.read_table(data / "valid.parquet").slice(0, 2).to_pylist()
+    users = [{k: r[k] for k in USER} for r in rows]
+    r = client.post("/user_vector", json=users)
+    assert r.status_code == 200, r.text
+    got = np.array(r.json()["vectors"], dtype=np.float32)
+    assert r.json()["dim"] == 5 and np.allclose(got, towers.vectors("user", users), atol=1e-6)
+    # the inner product with the item vectors is the logit /predict turns into a probability
+    items = towers.vectors("item", [{k: row[k] for k in ITEM} for row in rows])
+    probs = client.post("/predict", json=[{k: row[k] for k in SERVING} for row in rows]).json()["predictions"]
+    assert np.allclose(1 / (1 + np.exp(-(got * items).sum(1))), probs, atol=1e-5)
+    single = client.post("/user_vector", json=users[0])
+    assert single.status_code == 200 and len(single.json()["vectors"]) == 1
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"user_id": 1, "user_age": 2}, "missing user-tower field 'hour'"),
+    ({"user_id": 1, "user_age": 2, "hour": 3, "item_id": 4}, "field 'item_id' is not a user-tower feature"),
+    ({"user_id": 1, "user_age": 2, "hour": 3, "viewport_seconds": 1.0}, "field 'viewport_seconds' is privileged"),
+])
+def test_user_vector_422_names_the_field(towers, body, message):
+    from fastapi.testclient import TestClient
+    from distill.serving.service import create_app
+    r = TestClient(create_app(towers, max_rows=3)).post("/user_vector", json=body)
+    assert r.status_code == 422 and message in r.json()["error"], r.text
+
+
+def test_user_vector_413_and_absent_without_towers(towers, run, tmp_path):
+    from fastapi.testclient import TestClient
+    from distill.serving.service import create_app
+    row = {"user_id": 1, "user_age": 2, "hour": 3}
+    r = TestClient(create_app(towers, max_rows=3)).post("/user_vector", json=[row] * 4)
+    assert r.status_code == 413 and "at most 3" in r.json()["error"]
+    plain = TestClient(create_app(ExportedModel(export(run, "onnx", tmp_path / "plain"))))
+    assert plain.post("/user_vector", json=row).status_code == 404
