@@ -220,3 +220,17 @@ def test_user_vector_413_and_absent_without_towers(towers, run, tmp_path):
     assert r.status_code == 413 and "at most 3" in r.json()["error"]
     plain = TestClient(create_app(ExportedModel(export(run, "onnx", tmp_path / "plain"))))
     assert plain.post("/user_vector", json=row).status_code == 404
+
+
+# ----------------------------------------------------------------------------- validate, run.json
+
+def test_validate_and_run_json_list_each_towers_features(run, data, tmp_path):
+    import yaml
+    info = json.loads((run.path / "run.json").read_text())
+    assert info["towers"]["student"] == {"user": USER, "item": ITEM}
+    assert info["towers"]["baseline"] == {"user": USER, "item": ITEM}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw_config(data)))
+    r = CliRunner().invoke(app, ["validate", str(path)], terminal_width=300)
+    assert r.exit_code == 0, r.output
+    assert "student towers: user [user_id, user_age, hour], item [item_id, item_category, item_price, item_tags]" in r.output

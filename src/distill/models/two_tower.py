@@ -57,3 +57,12 @@ class TwoTower(nn.Module):
         u = self.tower(batch, self.user_sparse, self.user_dense, self.user_tower)
         v = self.tower(batch, self.item_sparse, self.item_dense, self.item_tower)
         return (u * v).sum(-1) + self.bias  # (B,)
+
+
+def tower_split(model: nn.Module, names: list[str]) -> dict[str, list[str]] | None:
+    """{"user": [...], "item": [...]} in the order of `names` for a two-tower model, else None
+    (what validate and run.json list, and what export --towers splits on)."""
+    if not isinstance(model, TwoTower):
+        return None
+    users = set(model.user_features)
+    return {"user": [n for n in names if n in users], "item": [n for n in names if n not in users]}

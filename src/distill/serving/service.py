@@ -63,10 +63,10 @@ class Prediction(BaseModel):
         description="one per row: a probability or value, or for multiclass a map class → probability")
 
 
-def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel, names: Optional[list[str]] = None,
+def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel, accepted: Optional[list[str]] = None,
             what: str = "serving feature", row: str = "Row") -> str:
     """Pydantic's errors as one line naming the field (and the row, for a list)."""
-    names = model.names if names is None else names
+    accepted = model.names if accepted is None else accepted
     # The body is `Row | list[Row]`: keep the errors of the branch the body's shape chose.
     branch = "list" if isinstance(body, list) else row
     picked = [e for e in errors if len(e["loc"]) < 2 or str(e["loc"][1]).startswith(branch)] or errors
@@ -84,8 +84,8 @@ def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel, names
     if e["type"] == "extra_forbidden":
         if name in model.privileged:
             return f"{where}field '{name}' is privileged: it is not available at serving time and the student does not read it"
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" ({what}s: {', '.join(names)})"
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" ({what}s: {', '.join(accepted)})"
         return f"{where}field '{name}' is not a {what}{hint}"
     if e["type"] == "missing":
         return f"{where}missing {what.split()[0]} field '{name}'"

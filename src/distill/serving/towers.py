@@ -26,11 +26,12 @@ FILES = {"user": "user_tower.onnx", "item": "item_tower.onnx"}
 
 def tower_features(model: nn.Module, names: list[str]) -> dict[str, list[str]]:
     """Each tower's features, in the order of the model's serving features `names`."""
-    if not (hasattr(model, "user_vector") and hasattr(model, "item_vector")):
+    from distill.models.two_tower import tower_split
+    split = tower_split(model, names)
+    if split is None:
         raise DistillError("--towers: the student is not a two_tower model (student.model: two_tower); "
                            "only a two-tower student splits into a user and an item graph")
-    users = set(model.user_features)
-    return {"user": [n for n in names if n in users], "item": [n for n in names if n not in users]}
+    return split
 
 
 class TowerGraph(nn.Module):
