@@ -234,3 +234,42 @@ def test_validate_and_run_json_list_each_towers_features(run, data, tmp_path):
     r = CliRunner().invoke(app, ["validate", str(path)], terminal_width=300)
     assert r.exit_code == 0, r.output
     assert "student towers: user [user_id, user_age, hour], item [item_id, item_category, item_price, item_tags]" in r.output
+
+
+# ----------------------------------------------------------------------------- retrieval metrics
+
+def test_retrieval_metrics_by_hand_on_a_tiny_catalogue():
+    from distill.retrieval import ranking_metrics, top_k
+    items = np.array([[1, 0], [0, 1], [2, 0], [1, 1], [-1, 0]], dtype=np.float32)  # ids 0..4
+    users = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    # user 0 scores: 1, 0, 2, 1, -1 → order 2, 0|3, 1, 4; item 2 excluded (clicked in train)
+    top = top_k(users, items, [np.array([2]), np.array([], dtype=np.int64)], k=3, batch=1)
+    assert top[0].tolist() == [0, 3, 1]  # ties keep catalogue order
+    assert top[1].tolist() == [1, 3, 0]  # scores 0, 1, 0, 1, 0 → 1, 3, then the first 0
+    m = ranking_metrics([top[0], top[1]], [{3, 4}, {0}], ks=(1, 2))
+    # user 0: hits at rank 2 only → recall@1 0, recall@2 1/2, ndcg@2 = (1/log2 3) / (1 + 1/log2 3)
+    # user 1: item 0 is ranked 3rd → 0 at both k
+    assert m["recall@1"] == 0.0
+    assert m["recall@2"] == pytest.approx((0.5 + 0) / 2)
+    assert m["ndcg@2"] == pytest.approx(((1 / np.log2(3)) / (1 + 1 / np.log2(3)) + 0) / 2)
+    assert m["ndcg@1"] == 0.0
+
+
+def test_retrieval_metrics_of_a_run_rank_the_whole_catalogue(run, data):
+    from distill.retrieval import retrieval_metrics
+    r = retrieval_metrics(run, ks=(10, 1000))
+    train, test = pq.read_table(data / "train.parquet"), pq.read_table(data / "test.parquet")
+    assert r["items"] == len(set(train["item_id"].to_pylist()) | set(test["item_id"].to_pylist()))
+    assert set(r["catalogue"]) == {"student", "baseline"} and set(r["logged"]) == {"teacher", "student", "baseline"}
+    for role in r["catalogue"]:
+        m = r["catalogue"][role]
+        assert 0 <= m["recall@10"] <= 1 and 0 <= m["ndcg@10"] <= 1
+        assert m["recall@1000"] == 1.0  # k over the catalogue: every positive is found (none was excluded)
+    assert all(r["logged"][role]["recall@1000"] == 1.0 for role in r["logged"])
+
+
+def test_evaluate_retrieval_through_the_cli(run):
+    res = CliRunner().invoke(app, ["evaluate", str(run.path), "--retrieval", "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)["retrieval"]
+    assert set(got["catalogue"]) == {"student", "baseline"} and "recall@10" in got["catalogue"]["student"]

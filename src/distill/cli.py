@@ -158,9 +158,17 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
              as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
-             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all).")) -> None:
+             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all)."),
+             retrieval: bool = typer.Option(False, "--retrieval", help="A two_tower student on grouped data: recall@k and NDCG@k "
+                                            "ranking the whole catalogue by the towers' inner product, beside each model on the "
+                                            "logged candidates. RUN may be a compare directory (verdicts over its seeds).")) -> None:
     """Metrics of the run's teacher, student and baseline on its splits or on new data."""
     from distill.run import ROLES, load_run
+    if retrieval:
+        from distill.retrieval import evaluate_retrieval, retrieval_markdown
+        result = evaluate_retrieval(run)
+        print(json.dumps(result, indent=2, default=float) if as_json else retrieval_markdown(result, str(run)))
+        return
     for name in role or []:
         if name not in ROLES:
             raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")

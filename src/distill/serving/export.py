@@ -129,7 +129,6 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
         write_graph(graph, example_inputs(run.encoders, names), kinds, fmt, partial / FORMATS[fmt])
         manifest = _manifest(run, role, names, fmt, partial)
         if towers:
-            from distill.serving.towers import write_towers
             manifest["towers"] = write_towers(run.models[role], names, run.encoders, partial)
             manifest["sha256"].update({t["file"]: sha256(partial / t["file"]) for t in manifest["towers"].values()})
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -152,6 +151,21 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
         if outputs.no_space(e):
             raise DistillError(f"{out}: no space left on device while writing the export; nothing was written") from None
         raise
+    return out
+
+
+def write_towers(model: nn.Module, names: list[str], encoders: Encoders, d: Path) -> dict[str, Any]:
+    """Write a two-tower student's user and item graphs into `d`; the manifest's "towers" entry."""
+    from distill.serving.towers import FILES, SIDES, TowerGraph, tower_features
+    feats = tower_features(model, names)
+    out: dict[str, Any] = {}
+    for side in SIDES:
+        graph = TowerGraph(model, side, feats[side])
+        example = example_inputs(encoders, feats[side])
+        write_graph(graph, example, [encoders.features[n].kind for n in feats[side]], "onnx", d / FILES[side])  # type: ignore[arg-type]
+        with torch.no_grad():
+            dim = int(graph.eval()(*example).shape[1])
+        out[side] = {"file": FILES[side], "inputs": feats[side], "dim": dim}
     return out
 
 

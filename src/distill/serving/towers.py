@@ -6,12 +6,11 @@ student's logit (the item vector carries the global bias in its last coordinate,
     user_tower.onnx   inputs: the user tower's serving features → "vector" (B, d)
     item_tower.onnx   inputs: the item tower's serving features → "vector" (B, d)
 
-`export(..., towers=True)` writes both beside the fused model.onnx and describes them in the
+`export(..., towers=True)` writes both (export.write_towers) beside the fused model.onnx and describes them in the
 manifest's "towers" entry: {"user": {"file", "inputs", "dim"}, "item": {...}}.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,21 +43,6 @@ class TowerGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         batch = Batch(dict(zip(self.names, inputs)))
         return self.model.user_vector(batch) if self.side == "user" else self.model.item_vector(batch)
-
-
-def write_towers(model: nn.Module, names: list[str], encoders: Any, d: Path) -> dict[str, Any]:
-    """Write both tower graphs into `d`; the manifest's "towers" entry."""
-    from distill.serving.export import example_inputs, write_graph  # (export imports this module's caller)
-    feats = tower_features(model, names)
-    out: dict[str, Any] = {}
-    for side in SIDES:
-        graph = TowerGraph(model, side, feats[side])
-        example = example_inputs(encoders, feats[side])
-        write_graph(graph, example, [encoders.features[n].kind for n in feats[side]], "onnx", d / FILES[side])  # type: ignore[arg-type]
-        with torch.no_grad():
-            dim = int(graph.eval()(*example).shape[1])
-        out[side] = {"file": FILES[side], "inputs": feats[side], "dim": dim}
-    return out
 
 
 def torch_vectors(model: nn.Module, side: str, batch: Batch) -> torch.Tensor:
