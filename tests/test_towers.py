@@ -273,3 +273,23 @@ def test_evaluate_retrieval_through_the_cli(run):
     assert res.exit_code == 0, res.output
     got = json.loads(res.output)["retrieval"]
     assert set(got["catalogue"]) == {"student", "baseline"} and "recall@10" in got["catalogue"]["student"]
+
+
+def test_compare_retrieval_writes_verdicts_and_refuses_a_student_that_is_not_two_tower(data, tmp_path):
+    import yaml
+    raw = raw_config(data)
+    raw["output"] = str(tmp_path / "out")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["compare", str(path), "--seeds", "3", "--retrieval", "--no-report", "-q",
+                                 "--output", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())["retrieval"]
+    assert len(summary["seeds"]) == 3
+    v = summary["verdict"]["catalogue"]["metrics"]["recall@10"]
+    assert v["verdict"] in ("gain", "harm", "no gain (within noise)") and v["low"] <= v["gain"] <= v["high"]
+    assert "the whole catalogue ranked by" in (tmp_path / "cmp" / "compare.md").read_text()
+    raw["student"] = {"model": "dnn", "hidden": [8]}
+    path.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["compare", str(path), "--retrieval", "--output", str(tmp_path / "cmp2")])
+    assert r.exit_code == 2 and "student.model is dnn" in r.output and not (tmp_path / "cmp2").exists()

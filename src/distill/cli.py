@@ -140,13 +140,21 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
             overwrite: bool = typer.Option(False, metavar="", help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
             quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
-            no_report: bool = NoReportOption) -> None:
+            no_report: bool = NoReportOption,
+            retrieval: bool = typer.Option(False, "--retrieval", help="A two_tower student on grouped data: also recall@k and "
+                                           "NDCG@k over the whole catalogue, with verdicts (distill evaluate --retrieval).")) -> None:
     """Distilled student vs the baseline over seeds: mean ± std, the gain with its 95% interval and verdict, gap closed."""
     from distill.compare import compare as run_compare, default_output, to_markdown
     cfg = load_config(config, parse_overrides(set_))
     output = output or default_output(cfg)
-    summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
+    if retrieval:
+        from distill.retrieval import check_retrieval
+        check_retrieval(cfg)  # before any seed trains, not after
+    summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet, retrieval=retrieval)
     print(to_markdown(summary))
+    if retrieval:
+        from distill.retrieval import retrieval_markdown
+        print(retrieval_markdown(summary["retrieval"], "distilled vs baseline two-tower student"))
     out.print(f"written to [bold]{escape(str(output))}[/]/compare.json and compare.md")
     diagnose_after(output)
     if not no_report:

@@ -74,6 +74,16 @@ def _clicked(users: np.ndarray, items: np.ndarray, y: np.ndarray) -> dict[Any, s
     return out
 
 
+def check_retrieval(cfg: Any) -> None:
+    """What the retrieval metrics need of a config, refused before anything trains."""
+    if cfg.task.type != "binary" or not cfg.task.group:
+        raise DistillError("--retrieval: needs a binary task with task.group set to the user column")
+    if not cfg.data.test:
+        raise DistillError("--retrieval: the config has no data.test split to rank for")
+    if cfg.student.model != "two_tower":
+        raise DistillError(f"--retrieval: student.model is {cfg.student.model}; the catalogue is ranked by a two_tower student")
+
+
 def retrieval_metrics(run: Any, ks: tuple[int, ...] = KS, train: pa.Table | None = None,
                       test: pa.Table | None = None, id_column: str | None = None) -> dict[str, Any]:
     """The catalogue metrics of each two-tower model of `run` (a loaded `Run`) and the logged-candidate
