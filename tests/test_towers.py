@@ -293,3 +293,13 @@ def test_compare_retrieval_writes_verdicts_and_refuses_a_student_that_is_not_two
     path.write_text(yaml.safe_dump(raw))
     r = CliRunner().invoke(app, ["compare", str(path), "--retrieval", "--output", str(tmp_path / "cmp2")])
     assert r.exit_code == 2 and "student.model is dnn" in r.output and not (tmp_path / "cmp2").exists()
+
+
+def test_embed_from_a_run_directory_exports_the_towers_on_the_fly(run, towers, data, tmp_path):
+    out = tmp_path / "v.parquet"
+    r = CliRunner().invoke(app, ["embed", str(run.path), str(data / "test.parquet"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    t = pq.read_table(out)
+    want = towers.vectors("item", pq.read_table(data / "test.parquet").take(
+        [pq.read_table(data / "test.parquet")["item_id"].to_pylist().index(i) for i in t["item_id"].to_pylist()]))
+    assert np.allclose(np.stack(t["vector"].to_numpy(zero_copy_only=False)), want, atol=1e-6)
