@@ -289,6 +289,10 @@ def test_compare_retrieval_writes_verdicts_and_refuses_a_student_that_is_not_two
     v = summary["verdict"]["catalogue"]["metrics"]["recall@10"]
     assert v["verdict"] in ("gain", "harm", "no gain (within noise)") and v["low"] <= v["gain"] <= v["high"]
     assert "the whole catalogue ranked by" in (tmp_path / "cmp" / "compare.md").read_text()
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    report = next((tmp_path / "cmp").rglob("report.md")).read_text()
+    assert "Retrieval: distilled vs baseline two-tower student" in report and "recall@10" in report
     raw["student"] = {"model": "dnn", "hidden": [8]}
     path.write_text(yaml.safe_dump(raw))
     r = CliRunner().invoke(app, ["compare", str(path), "--retrieval", "--output", str(tmp_path / "cmp2")])

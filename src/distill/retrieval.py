@@ -184,31 +184,39 @@ def evaluate_retrieval(path: Any) -> dict[str, Any]:
     return out
 
 
-def retrieval_markdown(result: dict[str, Any], title: str) -> str:
-    """The metrics as Markdown tables (mean over seeds for a compare), with the verdicts there are."""
+def retrieval_tables(result: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(caption, header, rows) per table: each kind of ranking (mean over seeds for a compare), then
+    student − baseline with its 95% interval and verdict where there are seeds enough."""
     from distill.results import interval_text
-    lines = [f"## Retrieval: {title}", ""]
     r = result["retrieval"]
     n = len(result.get("seeds", [])) or 1
+    out = []
     for kind, what in (("catalogue", "the whole catalogue ranked by ⟨user tower, item tower⟩"),
                        ("logged", "each user's logged test candidates ranked by the model's score")):
         if not r[kind]:
             continue
         metrics = list(next(iter(r[kind].values())))
-        lines += [f"{what} (mean over {n} seed(s))", "", "| model | " + " | ".join(metrics) + " |",
-                  "|---|" + "---|" * len(metrics)]
-        for role, m in r[kind].items():
-            lines.append(f"| {role} | " + " | ".join(f"{m[k]:.4f}" for k in metrics) + " |")
+        rows = [[role, *(f"{m[k]:.4f}" for k in metrics)] for role, m in r[kind].items()]
         v = result.get("verdict", {}).get(kind, {}).get("metrics", {})
         if v:
-            lines += ["", "| student − baseline | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics),
-                      "| gain [95% interval] | " + " | ".join(interval_text(v[k]) if k in v else "–" for k in metrics) + " |",
-                      "| verdict | " + " | ".join(str(v[k]["verdict"]) if k in v else "–" for k in metrics) + " |"]
+            rows.append(["student − baseline [95% interval]", *(interval_text(v[k]) if k in v else "–" for k in metrics)])
+            rows.append(["verdict", *(str(v[k]["verdict"]) if k in v else "–" for k in metrics)])
+        out.append((f"{what} (mean over {n} seed(s))", ["model", *metrics], rows))
+    return out
+
+
+def retrieval_note(result: dict[str, Any]) -> str:
+    s = result["seeds"][0] if "seeds" in result else result["retrieval"]
+    return (f"{s['users']:,} test users with a click not seen in train, {s['items']:,} items in the catalogue"
+            + (f"; interval: {result['verdict']['catalogue'].get('method', '')}" if "verdict" in result else ""))
+
+
+def retrieval_markdown(result: dict[str, Any], title: str) -> str:
+    """The metrics as Markdown tables (mean over seeds for a compare), with the verdicts there are."""
+    lines = [f"## Retrieval: {title}", ""]
+    for caption, header, rows in retrieval_tables(result):
+        lines += [caption, "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
-    if "seeds" not in result:
-        lines.append(f"{result['retrieval']['users']:,} users, {result['retrieval']['items']:,} items in the catalogue")
-    else:
-        s = result["seeds"][0]
-        lines.append(f"{s['users']:,} users with a test click not seen in train, {s['items']:,} items in the catalogue "
-                     f"(per seed: {result['verdict']['catalogue'].get('method', '')})")
+    lines.append(retrieval_note(result))
     return "\n".join(lines)
