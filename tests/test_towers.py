@@ -17,7 +17,6 @@ from distill.cli import app
 from distill.config import config_from_dict
 from distill.data.batch import Batch
 from distill.demo import make_log
-from distill.errors import DistillError
 from distill.inference import predict_logits
 from distill.run import Run, train
 from distill.serving import ExportedModel
