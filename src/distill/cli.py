@@ -140,13 +140,21 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
             overwrite: bool = typer.Option(False, metavar="", help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
             quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
-            no_report: bool = NoReportOption) -> None:
+            no_report: bool = NoReportOption,
+            retrieval: bool = typer.Option(False, "--retrieval", help="A two_tower student on grouped data: also recall@k and "
+                                           "NDCG@k over the whole catalogue, with verdicts (distill evaluate --retrieval).")) -> None:
     """Distilled student vs the baseline over seeds: mean ± std, the gain with its 95% interval and verdict, gap closed."""
     from distill.compare import compare as run_compare, default_output, to_markdown
     cfg = load_config(config, parse_overrides(set_))
     output = output or default_output(cfg)
-    summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet)
+    if retrieval:
+        from distill.retrieval import check_retrieval
+        check_retrieval(cfg)  # before any seed trains, not after
+    summary = run_compare(cfg, seeds=seeds, output=output, overwrite=overwrite, quiet=quiet, retrieval=retrieval)
     print(to_markdown(summary))
+    if retrieval:
+        from distill.retrieval import retrieval_markdown
+        print(retrieval_markdown(summary["retrieval"], "distilled vs baseline two-tower student"))
     out.print(f"written to [bold]{escape(str(output))}[/]/compare.json and compare.md")
     diagnose_after(output)
     if not no_report:
@@ -158,9 +166,17 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
              as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
-             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all).")) -> None:
+             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all)."),
+             retrieval: bool = typer.Option(False, "--retrieval", help="A two_tower student on grouped data: recall@k and NDCG@k "
+                                            "ranking the whole catalogue by the towers' inner product, beside each model on the "
+                                            "logged candidates. RUN may be a compare directory (verdicts over its seeds).")) -> None:
     """Metrics of the run's teacher, student and baseline on its splits or on new data."""
     from distill.run import ROLES, load_run
+    if retrieval:
+        from distill.retrieval import evaluate_retrieval, retrieval_markdown
+        result = evaluate_retrieval(run)
+        print(json.dumps(result, indent=2, default=float) if as_json else retrieval_markdown(result, str(run)))
+        return
     for name in role or []:
         if name not in ROLES:
             raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")
@@ -286,13 +302,36 @@ TrustTorchScriptOption = typer.Option(
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
                fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
                out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT); an "
-                                                      "existing one is replaced only if it is an export distill wrote.")) -> None:
+                                                      "existing one is replaced only if it is an export distill wrote."),
+               towers: bool = typer.Option(False, "--towers", help="A two_tower student: also export its user and item "
+                                           "towers (user_tower.onnx, item_tower.onnx), each leak-checked.")) -> None:
     """Export the student alone (graph on serving features, encoders, manifest) and leak-check it."""
     from distill.serving.export import export
-    d = export(run, fmt, out_dir)
-    for c in json.loads((d / "manifest.json").read_text())["leak_check"]["checks"]:
+    d = export(run, fmt, out_dir, towers=towers)
+    manifest = json.loads((d / "manifest.json").read_text())
+    for c in manifest["leak_check"]["checks"]:
         out.print(f"leak check, {c['check']}: passed ({c['detail']})", highlight=False, markup=False)
+    for side, spec in manifest.get("towers", {}).items():
+        for c in spec["leak_check"]["checks"]:
+            out.print(f"leak check, {side} tower, {c['check']}: passed ({c['detail']})", highlight=False, markup=False)
     out.print(f"exported to [bold]{escape(str(d))}[/]")
+
+
+@app.command()
+@guarded
+def embed(run: Path = typer.Argument(..., help="A two_tower run directory, or an export made with --towers."),
+          data: Path = typer.Argument(..., help="Parquet or CSV of items (a file, directory or glob): the item tower's features."),
+          output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write: item_id, vector "
+                                                          "(fixed_size_list<float32>); an existing Parquet file is replaced."),
+          id_column: Optional[str] = typer.Option(None, "--id", help="The item id column (default: item_id if the item tower reads it, else its first feature)."),
+          chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk and the ids seen.")) -> None:
+    """One item-tower vector per distinct item id, for a FAISS index or a vector database."""
+    from distill.serving.embed import embed as embed_items
+    from distill.serving.load import load_model
+    from distill.serving.predict import check_output
+    check_output(output)
+    s = embed_items(load_model(run, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
+    out.print(f"{s.items:,} item vectors (d = {s.dim}) from {s.rows:,} rows, written to [bold]{escape(str(output))}[/]")
 
 
 @app.command()

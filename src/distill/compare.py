@@ -55,9 +55,11 @@ def to_markdown(summary: dict[str, Any], title: str = "distill compare") -> str:
 
 
 def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overwrite: bool = False,
-            quiet: bool = False) -> dict[str, Any]:
+            quiet: bool = False, retrieval: bool = False) -> dict[str, Any]:
     """Train seeds `train.seed`, `train.seed + 1`, ...; write compare.json and compare.md into
-    `output` (default: `<cfg.output>/compare`).
+    `output` (default: `<cfg.output>/compare`). With `retrieval` (a two_tower student on grouped
+    data) compare.json also holds the retrieval metrics per seed and their verdicts (retrieval.py)
+    and compare.md their tables.
 
     >>> summary = compare(load_config("config.yaml"), seeds=5)     # doctest: +SKIP
     >>> summary["verdict"]["headline"], summary["gap_closed"]["auc"]
@@ -89,8 +91,13 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
         few = seeds < results.MIN_SEEDS  # the bootstrap needs each seed's test predictions
         predictions = [results.read_predictions(partial / f"seed_{cfg.train.seed + k}") for k in range(seeds)] if few else None
         summary = summarize(per_seed, split, results.primary_metric(cfg), predictions, cfg.task.type)
+        md = to_markdown(summary)
+        if retrieval:
+            from distill.retrieval import evaluate_retrieval, retrieval_markdown
+            summary["retrieval"] = evaluate_retrieval(partial)
+            md += "\n\n" + retrieval_markdown(summary["retrieval"], "distilled vs baseline two-tower student") + "\n"
         (partial / "compare.json").write_text(json.dumps(summary, indent=2))
-        (partial / "compare.md").write_text(to_markdown(summary))
+        (partial / "compare.md").write_text(md)
         publish(partial, output)
     except BaseException:
         outputs.discard(partial)

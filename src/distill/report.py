@@ -124,6 +124,13 @@ def _build(path: Path, run_dir: Path, summary: dict | None, out: Path) -> Report
         doc.table(header, rows)
         for line in results.notes(v, header[1:]):
             doc.p(line)
+        if summary.get("retrieval"):  # compare --retrieval: the two-tower student as a retriever
+            from distill.retrieval import retrieval_note, retrieval_tables
+            doc.h2("Retrieval: distilled vs baseline two-tower student")
+            for caption, header, rows in retrieval_tables(summary["retrieval"]):
+                doc.p(caption)
+                doc.table(header, rows)
+            doc.p(retrieval_note(summary["retrieval"]))
     if run.metrics:
         doc.h2("Metrics of this run" if not summary else f"Metrics of {run_dir.name}")
         # one run: its verdict from the paired bootstrap over its test rows (a compare has its own above)

@@ -201,6 +201,10 @@ def _fit(cfg: Config, recipe: recipes.Recipe, splits: Splits, loader, teacher_ru
          log: RunLog, partial: Path, resume: bool, main: bool) -> tuple[dict[str, Member], Checkpoints]:
     """Build the models the recipe declares, resume from a checkpoint if asked, run the recipe."""
     members = build_members(cfg, splits.encoders, teacher_run)
+    from distill.models.two_tower import tower_split
+    towers = {m.name: t for m in members.values() if (t := tower_split(m.module, m.features))}
+    if towers:  # each two-tower model's user and item features (export --towers splits on these)
+        info["towers"] = towers
     distributed.seed_rank(cfg.train.seed)
     if "teacher" in members:
         t, s = members["teacher"], members["student"]

@@ -24,6 +24,7 @@ class ModelSummary:
     features: list[str]
     privileged: list[str]
     parameters: int
+    towers: dict[str, list[str]] | None = None  # a two_tower model: its user and item features
 
 
 @dataclass
@@ -74,7 +75,9 @@ def validate(cfg: Config) -> Validation:
             model, names = build(cfg, splits.encoders, role, cfg.train.seed)
         built[role] = model
         section = "teacher" if role == "teacher" else "student"
-        models.append(ModelSummary(role, getattr(cfg, section).model, names, [n for n in names if n in priv], _params(model)))
+        from distill.models.two_tower import tower_split
+        models.append(ModelSummary(role, getattr(cfg, section).model, names, [n for n in names if n in priv], _params(model),
+                                   tower_split(model, names)))
     shared: list[str] = []
     if mode == "sync" and cfg.distillation.share_embeddings:
         student_names = next(m.features for m in models if m.role == "student")
@@ -140,6 +143,10 @@ def render(v: Validation, cfg: Config, console: Any) -> None:
     for m in v.models:
         models.add_row(m.role, escape(m.model), str(len(m.features)), str(len(m.privileged)), f"{m.parameters:,}")
     console.print(models)
+    for m in v.models:
+        if m.towers:
+            console.print(f"{m.role} towers: user [{', '.join(m.towers['user'])}], item [{', '.join(m.towers['item'])}]",
+                          highlight=False, markup=False, soft_wrap=True)
     if d.mode != "none":
         sched = d.schedule.type + (f" over {d.schedule.steps} steps" if d.schedule.steps else "")
         console.print(f"distillation: mode [bold]{d.mode}[/], λ = {d.weight} ({sched}), temperature {d.temperature}", highlight=False)

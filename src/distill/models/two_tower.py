@@ -3,6 +3,10 @@
 The towers meet only in the inner product, so item vectors can be precomputed and served from an
 index; the price is that no user×item cross feature can enter (the PFD paper's coarse-ranking
 student). Features not named in `user_features` form the item tower.
+
+Served as a retriever, the global bias rides in one extra coordinate so that the inner product is
+the logit exactly: user_vector = [u, 1], item_vector = [v, b], ⟨user_vector, item_vector⟩ = ⟨u, v⟩ + b
+(a constant per user, so it changes no ranking; both vectors have tower_dim + 1 coordinates).
 """
 import torch
 from torch import nn
@@ -31,7 +35,34 @@ class TwoTower(nn.Module):
         x = torch.cat([self.embedding.fields(batch, sparse).flatten(1), self.embedding.dense(batch, dense)], dim=1)
         return net(x)  # (B, tower_dim)
 
+    def user_vector(self, batch: Batch) -> torch.Tensor:
+        """[u, 1]: (B, tower_dim + 1), from the user tower's features alone."""
+        u = self.tower(batch, self.user_sparse, self.user_dense, self.user_tower)
+        return torch.cat([u, torch.ones_like(u[:, :1])], dim=1)
+
+    def item_vector(self, batch: Batch) -> torch.Tensor:
+        """[v, b]: (B, tower_dim + 1), from the item tower's features alone."""
+        v = self.tower(batch, self.item_sparse, self.item_dense, self.item_tower)
+        return torch.cat([v, self.bias.expand(v.shape[0], 1)], dim=1)
+
+    @property
+    def user_features(self) -> list[str]:
+        return self.user_sparse + self.user_dense
+
+    @property
+    def item_features(self) -> list[str]:
+        return self.item_sparse + self.item_dense
+
     def forward(self, batch: Batch) -> torch.Tensor:
         u = self.tower(batch, self.user_sparse, self.user_dense, self.user_tower)
         v = self.tower(batch, self.item_sparse, self.item_dense, self.item_tower)
         return (u * v).sum(-1) + self.bias  # (B,)
+
+
+def tower_split(model: nn.Module, names: list[str]) -> dict[str, list[str]] | None:
+    """{"user": [...], "item": [...]} in the order of `names` for a two-tower model, else None
+    (what validate and run.json list, and what export --towers splits on)."""
+    if not isinstance(model, TwoTower):
+        return None
+    users = set(model.user_features)
+    return {"user": [n for n in names if n in users], "item": [n for n in names if n not in users]}

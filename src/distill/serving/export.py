@@ -8,6 +8,9 @@ Export directory (written under `<out>.partial` and renamed when complete and le
     encoders.json           the serving features' encoders and the label encoder (no privileged one)
     manifest.json           serving schema, task, metrics of the run, versions, sha256 of the files,
                             the leak check's report
+    user_tower.onnx,        with `towers=True` (a two_tower student, ONNX): each tower on its own
+    item_tower.onnx         serving features, returning vectors whose inner product is the logit;
+                            described in the manifest's "towers" (serving/towers.py)
 
     >>> export("runs/demo", "onnx", "runs/demo/export-onnx")     # doctest: +SKIP
 """
@@ -93,14 +96,19 @@ def write_graph(graph: ServingGraph, example: tuple[torch.Tensor, ...], kinds: l
 
 
 def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = None, overwrite: bool = True,
-           check: bool = True) -> Path:
+           check: bool = True, towers: bool = False) -> Path:
     """Export the run's serving model to `out` (default `<run>/export-<fmt>`); returns the directory.
+
+    With `towers` a two_tower student's user and item towers are exported too (ONNX only), each
+    leak-checked on its own.
 
     With `check` (the default) the leak check runs on the written files before they are published;
     a failure raises DistillError and leaves nothing behind.
     """
     if fmt not in FORMATS:
         raise DistillError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    if towers and fmt != "onnx":
+        raise DistillError(f"--towers: the tower graphs are ONNX; use --format onnx, not {fmt}")
     if not isinstance(run, Run):  # the serving model alone: a teacher's `module:` factory is never imported
         run = load_run(run, roles=("student",) if (Path(run) / "student.safetensors").is_file() else ("baseline",))
     role = serving_role(run)
@@ -110,6 +118,9 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
     # only an export distill wrote is replaced, never the run itself nor a directory holding it
     partial = outputs.start(out, "export", replace=overwrite, protect=(run.path,))
     names = run.features[role]
+    if towers:
+        from distill.serving.towers import tower_features
+        tower_features(run.models[role], names)  # not a two_tower student: refused before anything is written
     try:
         serving_encoders = Encoders({n: run.encoders.features[n] for n in names}, run.encoders.label)
         serving_encoders.save(partial / "encoders.json")
@@ -117,6 +128,9 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
         kinds = [run.encoders.features[n].kind for n in names]
         write_graph(graph, example_inputs(run.encoders, names), kinds, fmt, partial / FORMATS[fmt])
         manifest = _manifest(run, role, names, fmt, partial)
+        if towers:
+            manifest["towers"] = write_towers(run.models[role], names, run.encoders, partial)
+            manifest["sha256"].update({t["file"]: sha256(partial / t["file"]) for t in manifest["towers"].values()})
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if check:
             from distill.serving.leakcheck import leak_check
@@ -124,6 +138,12 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
             if not report.passed:
                 raise DistillError(f"leak check failed, nothing exported: {report.failure}")
             manifest["leak_check"] = report.to_dict()
+            if towers:
+                from distill.serving.leakcheck import tower_leak_check
+                for side, rep in tower_leak_check(run, partial).items():
+                    if not rep.passed:
+                        raise DistillError(f"leak check of the {side} tower failed, nothing exported: {rep.failure}")
+                    manifest["towers"][side]["leak_check"] = rep.to_dict()
             (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
         outputs.swap(partial, out)
     except BaseException as e:
@@ -131,6 +151,21 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
         if outputs.no_space(e):
             raise DistillError(f"{out}: no space left on device while writing the export; nothing was written") from None
         raise
+    return out
+
+
+def write_towers(model: nn.Module, names: list[str], encoders: Encoders, d: Path) -> dict[str, Any]:
+    """Write a two-tower student's user and item graphs into `d`; the manifest's "towers" entry."""
+    from distill.serving.towers import FILES, SIDES, TowerGraph, tower_features
+    feats = tower_features(model, names)
+    out: dict[str, Any] = {}
+    for side in SIDES:
+        graph = TowerGraph(model, side, feats[side])
+        example = example_inputs(encoders, feats[side])
+        write_graph(graph, example, [encoders.features[n].kind for n in feats[side]], "onnx", d / FILES[side])  # type: ignore[arg-type]
+        with torch.no_grad():
+            dim = int(graph.eval()(*example).shape[1])
+        out[side] = {"file": FILES[side], "inputs": feats[side], "dim": dim}
     return out
 
 

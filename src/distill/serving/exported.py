@@ -58,8 +58,19 @@ class ExportedModel:
         self.privileged: list[str] = list(self.manifest.get("privileged", []))
         self.outputs: list[str] = list(self.manifest["outputs"])
         self.threads = threads
+        # the two-tower retriever's graphs (export --towers): side → {"file", "inputs", "dim"}
+        self.towers: dict[str, dict[str, Any]] = {}
+        try:
+            for side, spec in _towers_spec(path, self.manifest).items():
+                if not _plain_name(self.directory, spec["file"]):
+                    raise DistillError(f"{path}: towers.{side}.file '{spec['file']}' is not a file name inside the export")
+                self.towers[side] = {**spec, "bytes": self._verified(spec["file"])}
+        except OSError as e:
+            raise DistillError(f"{self.directory}: the export is incomplete or corrupt ({e})") from None
         try:
             self._load_graph(graph_bytes, threads)
+            for side, spec in self.towers.items():
+                spec["session"] = self._onnx_session(spec.pop("bytes"), threads)
         except DistillError:
             raise
         except Exception as e:  # the runtimes raise their own types for a file they cannot read
@@ -81,13 +92,7 @@ class ExportedModel:
 
     def _load_graph(self, graph: bytes, threads: int | None) -> None:
         if self.format == "onnx":
-            import onnxruntime as ort
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = threads
-                opts.inter_op_num_threads = 1
-            # from bytes: ONNX Runtime then has no directory to resolve external-data files in
-            self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+            self._session = self._onnx_session(graph, threads)
             self.graph_inputs = [i.name for i in self._session.get_inputs()]
         elif self.format == "torchscript":
             import torch
@@ -104,6 +109,16 @@ class ExportedModel:
         else:
             raise DistillError(f"{self.directory}: unknown export format '{self.format}'")
 
+    @staticmethod
+    def _onnx_session(graph: bytes, threads: int | None) -> Any:
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        # from bytes: ONNX Runtime then has no directory to resolve external-data files in
+        return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+
     # ------------------------------------------------------------------ inputs
 
     def input_spec(self) -> list[dict[str, Any]]:
@@ -112,14 +127,14 @@ class ExportedModel:
             return [{"name": i.name, "type": i.type, "shape": list(i.shape)} for i in self._session.get_inputs()]
         return [{"name": n, "type": str(i.type())} for n, i in zip(self.graph_inputs, list(self._module.graph.inputs())[1:])]
 
-    def table_from_rows(self, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+    def table_from_rows(self, rows: Sequence[Mapping[str, Any]], names: Sequence[str] | None = None) -> pa.Table:
         """Rows (dicts keyed by serving feature) → a table in the column types the encoders read.
 
         Extra keys are ignored here (the service rejects them before this point); a missing one
         is an error naming it.
         """
         columns: dict[str, pa.Array] = {}
-        for name in self.names:
+        for name in self.names if names is None else names:
             kind = self.kinds[name]
             values = []
             for i, row in enumerate(rows):
@@ -157,6 +172,18 @@ class ExportedModel:
         inputs, _ = self.encode(table, where)
         return self.run_graph(inputs)
 
+    def vectors(self, side: str, data: pa.Table | Sequence[Mapping[str, Any]], where: str = "data") -> np.ndarray:
+        """The `side` ("user" or "item") tower's vectors, (N, dim) float32, from that tower's
+        features alone; ⟨user vector, item vector⟩ is the student's logit."""
+        if side not in self.towers:
+            raise DistillError(f"{self.directory}: the export has no {side} tower (export the run with --towers)")
+        spec = self.towers[side]
+        table = data if isinstance(data, pa.Table) else self.table_from_rows(data, spec["inputs"])
+        if table.num_rows == 0:
+            return np.zeros((0, spec["dim"]), dtype=np.float32)
+        inputs, _ = self.encoders.encode_arrays(table, where, spec["inputs"], workers=self.threads)
+        return spec["session"].run(None, {n: inputs[n] for n in spec["inputs"]})[0]
+
     def columns(self, pred: np.ndarray) -> dict[str, np.ndarray]:
         """A prediction as named columns: prob | prob_<class>... | value."""
         if pred.ndim == 1:
@@ -190,6 +217,23 @@ def check_manifest(path: Path, manifest: Any) -> None:
     for i, f in enumerate(manifest["serving"]):
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or f.get("type") not in KINDS:
             raise DistillError(f"{path}: serving[{i}] must be an object with a 'name' and a 'type' ({', '.join(KINDS)})")
+
+
+def _towers_spec(path: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The manifest's "towers" entry, checked: {} when the export has none."""
+    towers = manifest.get("towers")
+    if towers is None:
+        return {}
+    serving = {f["name"] for f in manifest["serving"]}
+    if not isinstance(towers, dict) or set(towers) != {"user", "item"}:
+        raise DistillError(f"{path}: 'towers' must be an object with 'user' and 'item'")
+    out = {}
+    for side, spec in towers.items():
+        if (not isinstance(spec, dict) or not isinstance(spec.get("file"), str) or not isinstance(spec.get("dim"), int)
+                or not isinstance(spec.get("inputs"), list) or not set(spec["inputs"]) <= serving):
+            raise DistillError(f"{path}: towers.{side} must be an object with 'file', 'dim' and 'inputs' (serving features)")
+        out[side] = {"file": spec["file"], "inputs": list(spec["inputs"]), "dim": spec["dim"]}
+    return out
 
 
 def load_encoders(path: Path, manifest: dict[str, Any], data: bytes) -> Encoders:

@@ -13,10 +13,11 @@ from distill.serving.exported import TORCHSCRIPT_IS_CODE, ExportedModel
 
 
 def load_model(source: str | Path, fmt: str = "onnx", threads: int | None = None,
-               trust_torchscript: bool = False) -> ExportedModel:
+               trust_torchscript: bool = False, towers: bool = False) -> ExportedModel:
     """An export directory, or a run directory exported on the fly (to a temporary directory that
     lives as long as the returned model). A TorchScript export is code: it loads only with
-    `trust_torchscript=True` (README, "Trust boundary")."""
+    `trust_torchscript=True` (README, "Trust boundary"). `towers`: a run is exported with its
+    two-tower graphs too (export --towers)."""
     source = Path(source)
     if (source / "manifest.json").is_file():
         return ExportedModel(source, threads, trust_torchscript)
@@ -26,6 +27,6 @@ def load_model(source: str | Path, fmt: str = "onnx", threads: int | None = None
         raise DistillError(TORCHSCRIPT_IS_CODE.format(where=source))
     from distill.serving.export import export  # torch and the run: only a run directory needs them
     tmp = tempfile.TemporaryDirectory(prefix="distill-export-")
-    model = ExportedModel(export(source, fmt, Path(tmp.name) / "model"), threads, trust_torchscript)
+    model = ExportedModel(export(source, fmt, Path(tmp.name) / "model", towers=towers), threads, trust_torchscript)
     model._tmp = tmp  # the directory goes when the model does
     return model

@@ -1,6 +1,8 @@
 """The HTTP service: FastAPI over an `ExportedModel`.
 
     POST /predict    one row (an object) or a list of rows → {"task", "outputs", "predictions"}
+    POST /user_vector (an export with towers) rows of the user tower's features → {"dim", "vectors"};
+                     ⟨user vector, item vector from `distill embed`⟩ is the student's logit
     GET  /health     {"status": "ok"}
     GET  /metadata   serving schema, task, classes, metrics of the run, versions, hashes
 
@@ -39,12 +41,19 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # about 65,000 rows of the demo's seven featur
 MAX_ROWS = 10_000
 
 
-def row_model(model: ExportedModel) -> type[BaseModel]:
-    """A pydantic model with one required field per serving feature and nothing else."""
+def row_model(model: ExportedModel, names: Optional[list[str]] = None, title: str = "Row") -> type[BaseModel]:
+    """A pydantic model with one required field per serving feature (or per one of `names`) and nothing else."""
     fields: dict[str, Any] = {}
     for f in model.manifest["serving"]:
-        fields[f["name"]] = (FIELD_TYPES[f["type"]], Field(..., description=KINDS[f["type"]].describe(f)))
-    return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
+        if names is None or f["name"] in names:
+            fields[f["name"]] = (FIELD_TYPES[f["type"]], Field(..., description=KINDS[f["type"]].describe(f)))
+    return create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class UserVectors(BaseModel):
+    dim: int
+    vectors: list[list[float]] = Field(description="one per row: the user tower's vector; its inner product with an "
+                                                   "item's vector (distill embed) is the student's logit for the pair")
 
 
 class Prediction(BaseModel):
@@ -54,10 +63,12 @@ class Prediction(BaseModel):
         description="one per row: a probability or value, or for multiclass a map class → probability")
 
 
-def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel) -> str:
+def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel, accepted: Optional[list[str]] = None,
+            what: str = "serving feature", row: str = "Row") -> str:
     """Pydantic's errors as one line naming the field (and the row, for a list)."""
+    accepted = model.names if accepted is None else accepted
     # The body is `Row | list[Row]`: keep the errors of the branch the body's shape chose.
-    branch = "list" if isinstance(body, list) else "Row"
+    branch = "list" if isinstance(body, list) else row
     picked = [e for e in errors if len(e["loc"]) < 2 or str(e["loc"][1]).startswith(branch)] or errors
     e = picked[0]
     loc = list(e["loc"][2:])  # after ("body", branch): [row index,] field [, union member tags]
@@ -73,11 +84,11 @@ def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel) -> st
     if e["type"] == "extra_forbidden":
         if name in model.privileged:
             return f"{where}field '{name}' is privileged: it is not available at serving time and the student does not read it"
-        close = difflib.get_close_matches(name, model.names, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (serving features: {', '.join(model.names)})"
-        return f"{where}field '{name}' is not a serving feature{hint}"
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" ({what}s: {', '.join(accepted)})"
+        return f"{where}field '{name}' is not a {what}{hint}"
     if e["type"] == "missing":
-        return f"{where}missing serving field '{name}'"
+        return f"{where}missing {what.split()[0]} field '{name}'"
     return f"{where}field '{name}' ({model.kinds.get(name, '?')}): {e['msg']}"
 
 
@@ -107,7 +118,10 @@ def create_app(model: ExportedModel, max_body_bytes: int = MAX_BODY_BYTES, max_r
             request.state.rows = len(body)
             return JSONResponse(status_code=413, content={
                 "error": f"{len(body):,} rows in one request; at most {max_rows:,} (--max-rows): send them in smaller batches"})
-        message = explain(errors, body, model)
+        if request.url.path == "/user_vector" and "user" in model.towers:
+            message = explain(errors, body, model, model.towers["user"]["inputs"], "user-tower feature", "UserRow")
+        else:
+            message = explain(errors, body, model)
         detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
         return JSONResponse(status_code=422, content={"error": message, "detail": detail})
 
@@ -142,6 +156,25 @@ def create_app(model: ExportedModel, max_body_bytes: int = MAX_BODY_BYTES, max_r
             out = [float(p) for p in pred]
         return Prediction(task=model.manifest["task"]["type"], outputs=model.outputs, predictions=out)
 
+    if "user" in model.towers:
+        user_names = model.towers["user"]["inputs"]
+        UserRow = row_model(model, user_names, "UserRow")
+        UserRows = Annotated[list[UserRow], Field(max_length=max_rows)]  # type: ignore[valid-type]
+
+        @app.post("/user_vector", response_model=UserVectors)
+        def user_vector(request: Request, rows: Annotated[Union[UserRow, UserRows], Body(examples=[  # type: ignore[valid-type]
+                {n: v for n, v in _example(model).items() if n in user_names}])]) -> UserVectors:
+            batch = [rows] if isinstance(rows, BaseModel) else rows
+            request.state.rows = len(batch)
+            if not batch:
+                raise DistillError("the list of rows is empty")
+            with one_at_a_time:
+                vectors = model.vectors("user", [r.model_dump() for r in batch])
+            if not np.isfinite(vectors).all():
+                bad = int(np.argwhere(~np.isfinite(vectors))[0][0])
+                raise DistillError(f"row {bad}: the vector is not finite (a numeric value far outside the training range?)")
+            return UserVectors(dim=int(vectors.shape[1]), vectors=vectors.tolist())
+
     # async: these run on the event loop itself, never queued behind worker threads held by /predict
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -150,7 +183,7 @@ def create_app(model: ExportedModel, max_body_bytes: int = MAX_BODY_BYTES, max_r
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
         keys = ("model", "role", "format", "task", "classes", "outputs", "serving", "privileged", "metrics",
-                "versions", "sha256", "parameters", "exported_at", "leak_check")
+                "versions", "sha256", "parameters", "exported_at", "leak_check") + (("towers",) if model.towers else ())
         return {k: model.manifest.get(k) for k in keys}
 
     return app

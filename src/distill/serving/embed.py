@@ -1,0 +1,113 @@
+"""`distill embed`: one item-tower vector per distinct item id, streamed in chunks, written whole or
+not at all, in a layout FAISS and vector databases read directly:
+
+    item_id   the id column as the file has it (first occurrence of each id kept)
+    vector    fixed_size_list<float32>[d]; ⟨user vector, item vector⟩ is the student's logit
+
+    >>> embed(load_model("runs/demo/export-towers"), "items.parquet", "item_vectors.parquet")  # doctest: +SKIP
+    >>> vectors = np.stack(pq.read_table("item_vectors.parquet")["vector"].to_numpy(zero_copy_only=False))
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from distill.data.io import file_format, resolve_files
+from distill.data.kinds import KINDS
+from distill.errors import DistillError
+from distill.outputs import no_space
+from distill.serving.exported import ExportedModel
+from distill.serving.predict import _check_output, _columns_of, check_output, iter_chunks
+
+
+@dataclass
+class EmbedSummary:
+    items: int = 0  # distinct ids written
+    rows: int = 0  # rows read
+    chunks: int = 0
+    dim: int = 0
+
+
+def default_id(model: ExportedModel) -> str:
+    """`item_id` when the item tower reads it, else the item tower's first feature."""
+    inputs = model.towers["item"]["inputs"]
+    return "item_id" if "item_id" in inputs else inputs[0]
+
+
+def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def embed(model: ExportedModel, data: str | Path, out: str | Path, id_column: str | None = None,
+          chunk_rows: int = 65_536, fmt: str = "auto") -> EmbedSummary:
+    """Write `out` (Parquet): `item_id`, `vector` for each distinct id of `data` (file, directory or glob)."""
+    if "item" not in model.towers:
+        raise DistillError(f"{model.directory}: the export has no item tower; export the run with --towers")
+    out = Path(out)
+    check_output(out)
+    files = resolve_files(str(data))
+    _check_output(out, files)
+    names = model.towers["item"]["inputs"]
+    id_column = id_column or default_id(model)
+    dim = int(model.towers["item"]["dim"])
+    summary = EmbedSummary(dim=dim)
+    seen: set = set()
+    tmp = out.with_name(out.name + ".partial")
+    writer: pq.ParquetWriter | None = None
+    try:
+        for path in files:
+            kind = file_format(path, fmt)
+            try:
+                have = _columns_of(path, kind)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
+            for c in [id_column, *names]:
+                if c not in have:
+                    what = "--id column" if c == id_column and c not in names else "item-tower feature"
+                    raise DistillError(f"{path}: missing {what} '{c}'")
+            columns = list(dict.fromkeys([id_column, *names]))
+            types = {n: KINDS[model.kinds[n]].csv_type for n in names if n != id_column}
+            try:
+                for batch in iter_chunks(path, kind, columns, types, chunk_rows):
+                    summary.rows += batch.num_rows
+                    ids = batch.column(columns.index(id_column))
+                    if ids.null_count:
+                        raise DistillError(f"{path}: column '{id_column}' (--id) has a null; every item needs an id")
+                    keep = []
+                    for i, v in enumerate(ids.to_pylist()):
+                        if v not in seen:
+                            seen.add(v)
+                            keep.append(i)
+                    if not keep:
+                        continue
+                    table = pa.Table.from_batches([batch]).take(pa.array(keep, pa.int64()))
+                    vectors = model.vectors("item", table, where=str(path))
+                    chunk = pa.table({"item_id": table.column(id_column), "vector": vector_array(vectors)})
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, chunk.schema)
+                    writer.write_table(chunk.cast(writer.schema))
+                    summary.items += chunk.num_rows
+                    summary.chunks += 1
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+                raise DistillError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+        if writer is None:
+            raise DistillError(f"{data}: no items to embed")
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    except OSError as e:
+        if no_space(e):
+            raise DistillError(f"{out}: no space left on device while writing the item vectors; nothing was written") from None
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            tmp.unlink()
+    return summary
