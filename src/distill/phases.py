@@ -16,6 +16,12 @@ what λ and T do not change: one data set, one teacher, one set of cached logits
     ...     student = build_member(cfg, splits.encoders, "student")           # the same init each time
     ...     fit_student(student, logits, loader, splits.valid, label, plan, lam=lam, temperature=T)
 
+Out-of-fold soft labels (distillation.cross_fit), the full teacher still fitted as above:
+
+    >>> make = lambda i: build_member(cfg, splits.encoders, "teacher", seed=1000 * (i + 1))   # doctest: +SKIP
+    >>> oof = cross_fit_teacher_logits(make, loader, splits.valid, label, plan, k=5, seed=0)
+    >>> fit_student(student, oof.logits, loader, splits.valid, label, plan, lam=0.5)
+
 (`build_member` is distill.run's.) `valid` may be None: no early stopping, the last weights kept.
 """
 from __future__ import annotations

@@ -7,7 +7,9 @@ here and, if its maths is new, one more step function in training/.
 
     sync     teacher + student in one loop (training/sync.py), then the baseline
     async    the teacher (or a trained one, distillation.teacher_checkpoint), its logits cached once,
-             the student against them (training/asynchronous.py, single.py), then the baseline
+             the student against them (training/asynchronous.py, single.py), then the baseline;
+             with distillation.cross_fit K, a "cross_fit" phase between teacher and student trains
+             K fold teachers and the student learns their out-of-fold logits instead
     offline  the student against a score column of the training data (single.py), then the baseline
     none     the baseline alone: the student's architecture on the labels
 
