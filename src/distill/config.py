@@ -90,6 +90,9 @@ class DistillationConfig(Strict):
     separate_embeddings: list[str] = Field(default_factory=list)
     teacher_checkpoint: str | None = None
     soft_label: str | None = None
+    # async: K teachers, each on K−1 folds of the training split, give every training row the soft
+    # label of the teacher that did not see it (README, "Out-of-fold soft labels"); None or 1: off.
+    cross_fit: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _resolve_weight(self) -> "DistillationConfig":

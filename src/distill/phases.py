@@ -16,16 +16,24 @@ what λ and T do not change: one data set, one teacher, one set of cached logits
     ...     student = build_member(cfg, splits.encoders, "student")           # the same init each time
     ...     fit_student(student, logits, loader, splits.valid, label, plan, lam=lam, temperature=T)
 
+Out-of-fold soft labels (distillation.cross_fit), the full teacher still fitted as above:
+
+    >>> make = lambda i: build_member(cfg, splits.encoders, "teacher", seed=1000 * (i + 1))   # doctest: +SKIP
+    >>> oof = cross_fit_teacher_logits(make, loader, splits.valid, label, plan, k=5, seed=0)
+    >>> fit_student(student, oof.logits, loader, splits.valid, label, plan, lam=0.5)
+
 (`build_member` is distill.run's.) `valid` may be None: no early stopping, the last weights kept.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from distill.data.batch import Batch, Encoded
 from distill.data.encoders import LabelEncoder
+from distill.errors import DistillError
 from distill.member import Member
 from distill.training.asynchronous import cache_logits, from_cache
 from distill.training.checkpoint import Checkpoints
@@ -71,6 +79,74 @@ def fit_together(teacher: Member, student: Member, loader, valid: Encoded | None
                  ckpt: Checkpoints | None = None) -> dict:
     """Teacher and student in one loop, one optimizer step for both (sync)."""
     return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt)
+
+
+@dataclass
+class OutOfFold:
+    """What `cross_fit_teacher_logits` returns: the out-of-fold logits by training-row number (the
+    layout of `cache_teacher_logits`), each row's fold, and one summary per fold's teacher."""
+
+    logits: torch.Tensor  # (N,) or (N, C)
+    fold: torch.Tensor  # (N,) int64: the fold each row was held out in
+    teachers: list[dict] = field(default_factory=list)  # per fold: rows trained on, validation metrics, steps
+
+
+def folds(n: int, k: int, seed: int) -> torch.Tensor:
+    """The fold (0..k-1) of each of `n` rows: a seeded random permutation dealt into k parts whose
+    sizes differ by at most one."""
+    if k < 2 or k > n:
+        raise DistillError(f"distillation.cross_fit: {k} folds need 2 ≤ K ≤ the training rows ({n:,})")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fold = torch.empty(n, dtype=torch.long)
+    fold[perm] = torch.arange(n) % k
+    return fold
+
+
+def cross_fit_teacher_logits(make_teacher: Callable[[int], Member], loader, valid: Encoded | None, label: LabelEncoder,
+                             plan: Plan, k: int, seed: int, *, log: RunLog | None = None) -> OutOfFold:
+    """Out-of-fold soft labels: for each fold i of `folds(N, k, seed)`, a fresh teacher
+    `make_teacher(i)` (its own seeded init) learns on the other rows with the same `plan` (early
+    stopping on the same `valid`), and its logits on fold i become those rows' soft labels. So
+    no training row's soft label comes from a teacher that saw its label. `loader` is an
+    `InMemoryLoader` over the whole training split; the full teacher is trained separately
+    (`fit_teacher`) and still scores validation and test. The torch RNG is left as it was found,
+    so what runs after does not depend on K. `log` gets one line per fold."""
+    from distill.training.common import evaluate
+    fold = folds(loader.num_rows, k, seed)
+    rng = torch.get_rng_state()
+    out: torch.Tensor | None = None
+    teachers = []
+    try:
+        for i in range(k):
+            train_rows, held = (fold != i).nonzero().squeeze(1), (fold == i).nonzero().squeeze(1)
+            teacher = make_teacher(i)
+            if log is not None:
+                log.info(f"cross-fit teacher {i + 1}/{k} on {len(train_rows):,} rows")
+            summary = train_single(teacher, loader.subset(train_rows), valid, label, plan, f"cross_fit_{i + 1}")
+            z = _predict_rows(teacher, loader, held, plan)
+            if out is None:
+                out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
+            out[held] = z
+            scores = evaluate(teacher.module, valid, teacher.features, label) if valid is not None else {}
+            teachers.append({"fold": i + 1, "train_rows": len(train_rows), "held_out_rows": len(held),
+                             "steps": summary["steps"], "epochs": summary["epochs"], "valid": scores})
+            if log is not None and scores:
+                log.info(f"cross-fit teacher {i + 1}/{k}: valid " + ", ".join(f"{m} {v:.4f}" for m, v in scores.items()))
+    finally:
+        torch.set_rng_state(rng)
+    assert out is not None
+    return OutOfFold(out, fold, teachers)
+
+
+def _predict_rows(member: Member, loader, rows: torch.Tensor, plan: Plan, batch_size: int = 8192) -> torch.Tensor:
+    """The member's logits on training rows `rows`, in that order, frozen."""
+    member.module.eval()
+    parts = []
+    with torch.no_grad():
+        for b in loader.data.batches(batch_size, order=rows, names=member.features):
+            with plan.autocast():
+                parts.append(member.module(b.to(plan.device)).float().cpu())
+    return torch.cat(parts)
 
 
 def _schedule(lam: Lambda) -> Callable[[int], float]:

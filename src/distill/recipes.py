@@ -7,7 +7,9 @@ here and, if its maths is new, one more step function in training/.
 
     sync     teacher + student in one loop (training/sync.py), then the baseline
     async    the teacher (or a trained one, distillation.teacher_checkpoint), its logits cached once,
-             the student against them (training/asynchronous.py, single.py), then the baseline
+             the student against them (training/asynchronous.py, single.py), then the baseline;
+             with distillation.cross_fit K, a "cross_fit" phase between teacher and student trains
+             K fold teachers and the student learns their out-of-fold logits instead
     offline  the student against a score column of the training data (single.py), then the baseline
     none     the baseline alone: the student's architecture on the labels
 
@@ -16,16 +18,19 @@ here and, if its maths is new, one more step function in training/.
 """
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import torch
 
 from distill import phases, schedules, schema
 from distill.config import Config
 from distill.data.encoders import LabelEncoder
 from distill.errors import DistillError
 from distill.member import Member
-from distill.training.checkpoint import Checkpoints
+from distill.training.checkpoint import Checkpoints, atomic_write
 from distill.training.common import RunLog
 from distill.training.loop import Plan
 
@@ -43,6 +48,7 @@ class Context:
     log: RunLog
     ckpt: Checkpoints
     info: dict[str, Any] = field(default_factory=dict)
+    build: Callable[[str, int], Member] | None = None  # (name, seed) -> a freshly initialised model (cross-fitting)
 
     @property
     def plan(self) -> Plan:
@@ -81,6 +87,12 @@ def _refuse_others(cfg: Config) -> list[str]:
         raise DistillError("distillation.teacher_checkpoint: only mode 'async' starts from a trained teacher")
     if d.share_embeddings and mode != "sync":
         raise DistillError("distillation.share_embeddings: only mode 'sync' trains both models together and can share tables")
+    if (d.cross_fit or 1) > 1 and mode != "async":
+        why = {"sync": "mode 'sync' trains the teacher alongside the student on every row, so no teacher is held out",
+               "offline": "mode 'offline' reads the teacher's scores from a column (distillation.soft_label); "
+                          "distill trains no teacher there to cross-fit",
+               }.get(mode, f"mode '{mode}' trains no teacher")
+        raise DistillError(f"distillation.cross_fit: {why}; cross-fitting applies to mode 'async'")
     return warnings
 
 
@@ -97,7 +109,14 @@ def check_sync(cfg: Config) -> list[str]:
 
 def check_async(cfg: Config) -> list[str]:
     schema.model_features(cfg, "teacher")
-    return _refuse_others(cfg) + schema.teacher_warnings(cfg)
+    warnings = _refuse_others(cfg)
+    if (cfg.distillation.cross_fit or 1) > 1:
+        if cfg.distillation.teacher_checkpoint:
+            raise DistillError("distillation.cross_fit: the teacher comes trained from distillation.teacher_checkpoint; "
+                               "cross-fitting trains its own K teachers, so set one of the two")
+        if cfg.data.streaming:
+            raise DistillError("distillation.cross_fit: needs the training split in memory (data.streaming is on)")
+    return warnings + schema.teacher_warnings(cfg)
 
 
 def check_offline(cfg: Config) -> list[str]:
@@ -138,9 +157,17 @@ def train_async(ctx: Context) -> None:
         ctx.log.info("async: training the teacher")
         ctx.phase("teacher", lambda: phases.fit_teacher(t, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log, ckpt=ctx.ckpt))
 
+    k = ctx.cfg.distillation.cross_fit or 1
+    held: dict[str, Any] = {}
+    if k > 1:
+        ctx.phase("cross_fit", lambda: cross_fit(ctx, held))
+
     def student() -> dict:
         t0 = time.perf_counter()
-        cache = phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
+        if k > 1:  # the out-of-fold logits: this process's, or the interrupted run's, or (lost) again
+            cache = held["logits"] if "logits" in held else _saved_cross_fit(ctx, held)
+        else:
+            cache = phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
         soft_seconds = time.perf_counter() - t0
         ctx.log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
         summary = phases.fit_student(s, cache, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
@@ -149,6 +176,52 @@ def train_async(ctx: Context) -> None:
 
     ctx.phase("student", student)
     train_baseline(ctx)
+
+
+CROSS_FIT_FILE = "cross_fit_logits.pt"  # beside the checkpoints, removed with them when the run completes
+
+
+def cross_fit(ctx: Context, held: dict[str, Any]) -> dict:
+    """async with distillation.cross_fit: K: the out-of-fold logits of K fold teachers (phases.py),
+    kept in `held` and, when the run checkpoints, saved so that a resumed run's student reads the
+    same soft labels. An interruption inside this phase redoes it from its first fold (the fold
+    teachers are not checkpointed; each fold is a function of the seed, so the result is the same).
+    The summary (run.json's phases.cross_fit) has each fold teacher's validation metrics and the
+    mean training-row loss of the full teacher against the out-of-fold logits: how much of the full
+    teacher's soft labels is memorised answers."""
+    from distill.losses import hard_loss
+    cfg, t = ctx.cfg, ctx.members["teacher"]
+    if ctx.build is None or not hasattr(ctx.loader, "subset"):
+        raise DistillError("distillation.cross_fit: needs the training split in memory in one process")
+    k, seed = cfg.distillation.cross_fit, cfg.train.seed
+
+    def make(i: int) -> Member:
+        m = ctx.build("teacher", seed + 1000 * (i + 1))  # each fold's teacher its own init
+        return Member(f"teacher_fold{i + 1}", "teacher", m.module, m.features)
+
+    ctx.log.info(f"async: cross-fitting {k} teachers, each on {k - 1}/{k} of the training rows")
+    oof = phases.cross_fit_teacher_logits(make, ctx.loader, ctx.valid, ctx.label, ctx.plan, k, seed, log=ctx.log)
+    full = phases.cache_teacher_logits(t, ctx.loader, precision=cfg.train.precision)
+    data = ctx.loader.data
+    in_fold = hard_loss(full, data.y, ctx.label.task, data.weight).item()
+    out_fold = hard_loss(oof.logits, data.y, ctx.label.task, data.weight).item()
+    ctx.log.info(f"cross-fit: the full teacher's loss on its own training rows {in_fold:.4f}, "
+                 f"the out-of-fold teachers' {out_fold:.4f}")
+    held["logits"] = oof.logits
+    if ctx.ckpt.every and ctx.ckpt.write:
+        ctx.ckpt.directory.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(oof.logits, buf)
+        atomic_write(ctx.ckpt.directory / CROSS_FIT_FILE, buf.getvalue())
+    return {"k": k, "teachers": oof.teachers, "train_loss_full_teacher": in_fold, "train_loss_out_of_fold": out_fold}
+
+
+def _saved_cross_fit(ctx: Context, held: dict[str, Any]) -> torch.Tensor:
+    path = ctx.ckpt.directory / CROSS_FIT_FILE
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    cross_fit(ctx, held)  # the file was lost: the same folds and seeds give the same logits
+    return held["logits"]
 
 
 def train_offline(ctx: Context) -> None:

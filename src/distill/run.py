@@ -214,7 +214,8 @@ def _fit(cfg: Config, recipe: recipes.Recipe, splits: Splits, loader, teacher_ru
     fingerprint = _fingerprint(cfg, splits.encoders) if main and cfg.train.checkpoint_every else None
     ckpt = Checkpoints(partial / "checkpoints", cfg.train.checkpoint_every, {m.name: m.module for m in members.values()},
                        write=main, fingerprint=fingerprint, on_save=log.flush)
-    ctx = Context(cfg, members, loader, splits.valid, splits.encoders.label, log, ckpt, info)
+    ctx = Context(cfg, members, loader, splits.valid, splits.encoders.label, log, ckpt, info,
+                  build=lambda name, seed: build_member(cfg, splits.encoders, name, seed))
     recipe.prepare(ctx)  # before resuming: a checkpoint's weights load into tables already shared
     if resume:
         _resume(ckpt, partial)
