@@ -348,3 +348,15 @@ def test_cuda_nccl_with_one_process(tmp_path, monkeypatch):
         assert math.isfinite(run.metrics["student"]["test"]["auc"])
     finally:
         dist.destroy_process_group()
+
+
+def test_the_gpu_benchmark_dry_run_executes_end_to_end_on_a_cpu(tmp_path):
+    """benchmarks/gpu.py cannot be measured here; its --dry-run (CPU, tiny sizes) runs every code
+    path that benchmarks/gpu_check.sh runs on a GPU, so the script is known to execute there."""
+    from benchmarks import gpu
+    out = gpu.main(["--dry-run", "--out", str(tmp_path / "gpu.md")])
+    text = out.read_text()
+    assert "(dry run)" in text and "CPU capability" in text
+    for what in ("hand loop, sync, copying each batch", "hand loop, student, data on the GPU", "distill, sync PFD",
+                 "distill, student alone", "distill, async student phase", "Sync student test AUC: fp32"):
+        assert what in text, what
