@@ -360,3 +360,16 @@ def test_the_gpu_benchmark_dry_run_executes_end_to_end_on_a_cpu(tmp_path):
     for what in ("hand loop, sync, copying each batch", "hand loop, student, data on the GPU", "distill, sync PFD",
                  "distill, student alone", "distill, async student phase", "Sync student test AUC: fp32"):
         assert what in text, what
+
+
+def test_precision_auto_trains_every_phase_of_async(tmp_path, monkeypatch):
+    """auto reaches the soft-label pass resolved (it is not a precision autocast knows)."""
+    from distill.run import train
+    monkeypatch.setattr(device, "native_bf16", lambda d: False)  # an AVX2-only CPU: auto means fp32
+    raw = base_config(tmp_path, n_train=200)
+    raw["distillation"]["mode"] = "async"
+    raw["train"].update(epochs=1, precision="auto")
+    run = train(cfg_of(raw), output=tmp_path / "auto", quiet=True)
+    raw["train"]["precision"] = "fp32"
+    same = train(cfg_of(raw), output=tmp_path / "fp32", quiet=True)
+    assert run.metrics == same.metrics  # auto on such a CPU is exactly fp32
