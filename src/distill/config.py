@@ -131,7 +131,13 @@ class TrainConfig(Strict):
     # bf16: mixed precision, the models' matrix products in bfloat16 under torch.autocast (about 2.4x
     # the float32 matmul rate on CPUs with AVX512-BF16 or AMX); weights, optimizer state, losses,
     # evaluation and the exported student stay float32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # auto: bf16 where the device multiplies it natively (CUDA with bf16, CPUs with AVX512-BF16 or
+    # AMX), fp32 elsewhere; fp16: CUDA only, with a gradient scaler. The default stays fp32: bf16
+    # changes every result, and on an AVX2-only CPU it ran 12x slower (README, "Training on a GPU").
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    # auto: the GPU when torch sees one (cuda:$LOCAL_RANK under torchrun), else the CPU
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    tf32: bool = False  # float32 matrix products in TensorFloat-32 on CUDA (opt-in: 10-bit mantissa)
 
 
 class Config(Strict):

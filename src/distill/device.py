@@ -1,38 +1,169 @@
 """Where tensors live and how the forward pass's precision is entered: the one seam a GPU changes.
 
-This version trains on the CPU only, so `resolve` always answers the CPU and refuses anything else
-with one line; the GPU issue fills it in (a CUDA device, its autocast dtype, pinned-memory copies).
 Everything that places a tensor or opens an autocast region asks this module, so nothing else needs
 to know which machine it runs on:
 
-    >>> device = resolve()                                 # torch.device("cpu")
-    >>> with autocast("bf16", device):                     # doctest: +SKIP
+    >>> device = resolve("auto")                           # cuda:0 when a GPU is there, else cpu
+    >>> precision = resolve_precision("auto", device)      # "bf16" where it is native, else "fp32"
+    >>> with autocast(precision, device):                  # doctest: +SKIP
     ...     logits = model(batch.to(device))
+
+`train.device`: auto | cpu | cuda | cuda:N. Under torchrun (LOCAL_RANK set) "auto" and "cuda" take
+cuda:$LOCAL_RANK, one GPU per process. `train.precision`: auto | fp32 | bf16 | fp16; fp16 exists on
+CUDA only (with a gradient scaler, `grad_scaler`); bf16 is native on CUDA GPUs that support it and
+on CPUs with AVX512-BF16 or AMX. On an AVX2-only CPU bf16 autocast ran sync PFD 12x slower than
+float32 (issue 15), so `auto` picks float32 there and an explicit `bf16` gets a warning.
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 
 import torch
 
 from distill.errors import DistillError
 
 CPU = torch.device("cpu")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 def resolve(name: str | None = None) -> torch.device:
-    """The device the models train on: the CPU (`name` None or "cpu") in this version."""
+    """The device the models train on, from train.device (None means "cpu": the library's callers
+    that never asked for a device keep training where they always did)."""
     if name in (None, "cpu"):
         return CPU
-    raise DistillError(f"device '{name}': this version trains on the CPU only")
+    if not isinstance(name, str) or not DEVICE_PATTERN.match(name):
+        raise DistillError(f"train.device: '{name}' is not one of auto, cpu, cuda, cuda:N")
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    local = os.environ.get("LOCAL_RANK")
+    if name == "auto" and not available:
+        return CPU
+    if not available:
+        raise DistillError(f"train.device: '{name}' asked for a GPU but torch sees no CUDA device "
+                           f"(torch {torch.__version__}; use train.device: cpu or auto)")
+    if name in ("auto", "cuda"):
+        index = int(local) if local is not None else 0  # torchrun: one GPU per local process
+    else:
+        index = int(name.split(":")[1])
+    if index >= count:
+        why = f"LOCAL_RANK={local}" if local is not None and name in ("auto", "cuda") else f"'{name}'"
+        raise DistillError(f"train.device: {why} names GPU {index} but this machine has {count} "
+                           f"(cuda:0..cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def describe(device: torch.device) -> dict[str, str]:
+    """What run.json records about the device: its name, and the GPU's or the CPU's capability."""
+    if device.type == "cuda":
+        return {"device": str(device), "gpu": torch.cuda.get_device_name(device)}
+    return {"device": str(device), "cpu_capability": cpu_capability()}
+
+
+def cpu_capability() -> str:
+    """torch's CPU kernel level (DEFAULT, AVX2, AVX512, ...), plus the bf16 instructions /proc/cpuinfo
+    lists, since torch reports plain AVX512 even on CPUs with AVX512-BF16 and AMX."""
+    found = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    extra = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return found + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bfloat16 natively (where bf16 autocast can be faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cap = torch.backends.cpu.get_cpu_capability()
+    return "AMX" in cap or "BF16" in cap or bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, list[str]]:
+    """train.precision on `device`: the precision to train in, and warnings for the log."""
+    if precision == "auto":
+        return ("bf16" if native_bf16(device) else "fp32"), []
+    if precision == "fp16" and device.type != "cuda":
+        raise DistillError(f"train.precision: fp16 needs a CUDA device (training on {device}); use bf16 or fp32")
+    if precision == "bf16" and not native_bf16(device):
+        return precision, [f"train.precision: bf16 on a CPU without native bf16 (capability {cpu_capability()}) "
+                           "emulates it and can run many times slower than fp32; use auto or fp32"]
+    if precision not in PRECISIONS:
+        raise DistillError(f"train.precision: '{precision}' is not one of auto, {', '.join(PRECISIONS)}")
+    return precision, []
 
 
 def autocast(precision: str, device: torch.device = CPU) -> contextlib.AbstractContextManager:
-    """The forward passes' precision: float32, or bfloat16 matrix products under torch.autocast
-    (train.precision: bf16). Callers take `.float()` of the logits, so losses stay float32."""
+    """The forward passes' precision: float32, or bfloat16 / float16 matrix products under
+    torch.autocast. Callers take `.float()` of the logits, so losses stay float32."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     if precision == "fp32":
         return contextlib.nullcontext()
     raise DistillError(f"train.precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+
+
+def grad_scaler(precision: str, device: torch.device) -> "torch.amp.GradScaler | None":
+    """fp16 gradients underflow without loss scaling: a GradScaler for fp16, None otherwise."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def set_tf32(enabled: bool) -> None:
+    """train.tf32: float32 matrix products in TensorFloat-32 on Ampere and later GPUs (opt-in: it
+    rounds the mantissa to 10 bits)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def backend(device: torch.device) -> str:
+    """The torch.distributed backend for `device`: NCCL between GPUs, gloo on CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def rng_state() -> dict[str, object]:
+    """The CPU RNG and, where there is one, every CUDA device's: what a resumed run restores."""
+    state: dict[str, object] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state) -> None:
+    """Restore `rng_state()` (or a bare CPU state from a checkpoint of an older version). A CUDA
+    state restores only on a machine with as many GPUs; elsewhere (a GPU run resumed on a CPU) the
+    CPU stream is what the loop draws from."""
+    if isinstance(state, torch.Tensor):
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["cpu"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def check(train) -> list[str]:
+    """The train section's device choices (train.device, precision, sparse_embeddings under NCCL):
+    raises DistillError with one line, returns warnings."""
+    device = resolve(train.device)
+    _, warnings = resolve_precision(train.precision, device)
+    if train.sparse_embeddings and device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # DDP all-reduces each gradient; NCCL has no sparse all-reduce, so a sparse embedding
+        # gradient cannot be averaged across GPUs (gloo can, which is why CPU runs allow it)
+        raise DistillError("train.sparse_embeddings: NCCL (several GPU processes) cannot all-reduce sparse "
+                           "gradients; turn it off, or train on CPUs (train.device: cpu, gloo)")
+    if train.tf32 and device.type != "cuda":
+        warnings.append(f"train.tf32 is ignored on {device} (TensorFloat-32 is a CUDA matmul mode)")
+    return warnings

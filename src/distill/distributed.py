@@ -43,8 +43,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 600
 
 
-def setup() -> bool:
+def setup(backend: str = "gloo") -> bool:
     """Join the process group torchrun described in the environment; True when distributed.
+    `backend`: "nccl" when the models train on GPUs, "gloo" on CPUs (distill.device.backend);
+    DISTILL_DIST_BACKEND overrides it.
 
     Idempotent: `train` may run more than once in a process.
     """
@@ -59,9 +61,7 @@ def setup() -> bool:
         timeout = -1.0
     if not timeout > 0:
         raise DistillError(f"DISTILL_DIST_TIMEOUT='{raw}': give the collective timeout in seconds (> 0)")
-    # The models train on the CPU in this version, so gloo; NCCL needs the model and batches on a
-    # GPU (DISTILL_DIST_BACKEND=nccl once they are).
-    backend = os.environ.get("DISTILL_DIST_BACKEND", "gloo")
+    backend = os.environ.get("DISTILL_DIST_BACKEND", backend)
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
     atexit.register(_teardown)
     return True
@@ -112,10 +112,11 @@ def gather_rows(local: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's rows in rank order: (n_r, ...) on rank r → (Σ n_r, ...) everywhere."""
     if not active():
         return local
-    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world())]
-    dist.all_gather(counts, torch.tensor([len(local)]))
+    # on the tensor's device: NCCL gathers GPU tensors only
+    counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(world())]
+    dist.all_gather(counts, torch.tensor([len(local)], device=local.device))
     longest = max(int(c) for c in counts)
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype)  # all_gather needs equal shapes
+    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)  # all_gather needs equal shapes
     padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
@@ -270,7 +271,7 @@ def _rows_of(batch: Batch, lo: int, hi: int) -> Batch:
 
 
 def _weightless(batch: Batch) -> Batch:
-    return dataclasses.replace(batch, weight=torch.zeros(len(batch)))
+    return dataclasses.replace(batch, weight=torch.zeros(len(batch), device=batch.y.device if batch.y is not None else None))
 
 
 def sum_parts(local: torch.Tensor) -> torch.Tensor:

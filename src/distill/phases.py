@@ -55,7 +55,10 @@ def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", lo
     """Freeze the teacher and compute its logits on every training row: (N,) or (N, C), by row number,
     for `fit_student`. `log` shows it as a progress phase."""
     from distill import device
-    return cache_logits(teacher, loader, log=log, precision=device.autocast(precision))
+    from distill.inference import model_device
+    where = model_device(teacher.module)  # autocast for the device the teacher is on; "auto" resolved there
+    chosen, _ = device.resolve_precision(precision, where)
+    return cache_logits(teacher, loader, log=log, precision=device.autocast(chosen, where))
 
 
 def fit_student(student: Member, soft: torch.Tensor | Callable[[Batch], torch.Tensor], loader,

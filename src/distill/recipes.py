@@ -267,4 +267,5 @@ def role_of(name: str) -> str:
 
 def check(cfg: Config) -> list[str]:
     """The schema's rules, then the mode's; returns the warnings."""
-    return schema.check(cfg) + recipe(cfg).check(cfg)
+    from distill import device  # train.device, precision, sparse_embeddings under NCCL
+    return schema.check(cfg) + recipe(cfg).check(cfg) + device.check(cfg.train)

@@ -18,6 +18,7 @@ only rank 0 writes the run directory (README, "Training on several processes"; `
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from distill import device as devices
 from distill import distributed, outputs, recipes, schema
 from distill.config import Config, config_from_dict, dump_config
 from distill.data.dataset import Encoders, Splits, load_splits
@@ -79,7 +81,14 @@ def publish(partial: Path, output: Path) -> None:
     outputs.swap(partial, output)  # the old run aside, the new one in, then the old one deleted
 
 
+def _precision(cfg: Config, device) -> str:
+    """train.precision as resolved on `device` (auto: bf16 or fp32), for run.json."""
+    return devices.resolve_precision(cfg.train.precision, device)[0]
+
+
 def save_checkpoint(model: nn.Module, path: Path, cfg: Config, role: str) -> None:
+    if any(p.device.type != "cpu" for p in model.parameters()):  # a GPU-trained model is saved from a CPU copy
+        model = copy.deepcopy(model).cpu()
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_model(model, str(tmp), metadata={"role": role, "config": json.dumps(cfg.model_dump(mode="json"))})
@@ -114,7 +123,10 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     teacher_run = _teacher_run(cfg) if cfg.distillation.teacher_checkpoint else None
     # Under torchrun only rank 0 touches the run directory (README, "Training on several processes"); a world of one
     # runs exactly the lines it always did.
-    distributed.setup()
+    device = devices.resolve(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives run on the current device
+    distributed.setup(devices.backend(device))
     main = distributed.is_main()
 
     def start() -> Path:
@@ -205,6 +217,12 @@ def _fit(cfg: Config, recipe: recipes.Recipe, splits: Splits, loader, teacher_ru
     towers = {m.name: t for m in members.values() if (t := tower_split(m.module, m.features))}
     if towers:  # each two-tower model's user and item features (export --towers splits on these)
         info["towers"] = towers
+    device = devices.resolve(cfg.train.device)
+    for m in members.values():  # a teacher loaded from teacher_checkpoint too
+        m.module.to(device)
+    if device.type == "cuda":
+        devices.set_tf32(cfg.train.tf32)
+    info.update(devices.describe(device) | {"precision": _precision(cfg, device), "tf32": cfg.train.tf32})
     distributed.seed_rank(cfg.train.seed)
     if "teacher" in members:
         t, s = members["teacher"], members["student"]

@@ -16,6 +16,7 @@ Export directory (written under `<out>.partial` and renamed when complete and le
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -95,6 +96,14 @@ def write_graph(graph: ServingGraph, example: tuple[torch.Tensor, ...], kinds: l
             raise DistillError(f"cannot export the student to {fmt}: {str(e).strip().splitlines()[0]}") from None
 
 
+def cpu_float32(model: nn.Module) -> nn.Module:
+    """`model` itself when it is a float32 CPU model, else a float32 CPU copy: the export's example
+    inputs are CPU tensors and the served graph is float32, whatever it was trained on."""
+    if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).to("cpu", torch.float32)
+
+
 def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = None, overwrite: bool = True,
            check: bool = True, towers: bool = False) -> Path:
     """Export the run's serving model to `out` (default `<run>/export-<fmt>`); returns the directory.
@@ -124,7 +133,7 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
     try:
         serving_encoders = Encoders({n: run.encoders.features[n] for n in names}, run.encoders.label)
         serving_encoders.save(partial / "encoders.json")
-        graph = ServingGraph(run.models[role], names, run.encoders.label)
+        graph = ServingGraph(cpu_float32(run.models[role]), names, run.encoders.label)
         kinds = [run.encoders.features[n].kind for n in names]
         write_graph(graph, example_inputs(run.encoders, names), kinds, fmt, partial / FORMATS[fmt])
         manifest = _manifest(run, role, names, fmt, partial)

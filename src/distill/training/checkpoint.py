@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from distill import device as devices
 from distill.errors import DistillError
 
 
@@ -157,7 +158,7 @@ class Checkpoints:
                 self.on_save()
             # The RNG goes in even between phases: the next phase's dropout masks must replay too.
             state = {"models": {r: m.state_dict() for r, m in self.models.items()},
-                     "completed": self.completed, "current": current, "rng": torch.get_rng_state(),
+                     "completed": self.completed, "current": current, "rng": devices.rng_state(),
                      "fingerprint": self.fingerprint, "logged_until": logged_until}
             buf = io.BytesIO()
             torch.save(state, buf)
@@ -202,7 +203,7 @@ class Checkpoints:
             self.completed, self.resume = state["completed"], state["current"]
             self.logged_until = state.get("logged_until")
             if self.resume is None and "rng" in state:  # stopped between phases (mid-phase: the loop restores it)
-                torch.set_rng_state(state["rng"])
+                devices.set_rng_state(state["rng"])
             return True
         return False
 
@@ -213,7 +214,7 @@ class Checkpoints:
             self.warnings.append(f"{path}: checkpoint is truncated or corrupt (checksum mismatch); using the previous one")
             return None
         try:
-            return torch.load(io.BytesIO(data), weights_only=True)
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")  # a GPU run resumes anywhere
         except Exception as e:  # a file that passes the checksum but does not unpickle: not ours
             self.warnings.append(f"{path}: cannot read the checkpoint ({type(e).__name__}); using the previous one")
             return None

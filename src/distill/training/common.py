@@ -16,7 +16,7 @@ from distill.config import Config
 from distill.data.batch import Encoded
 from distill.data.encoders import LabelEncoder
 from distill.errors import DistillError
-from distill.inference import label_values, predict_logits, to_output  # noqa: F401  (re-exported)
+from distill.inference import label_values, model_device, predict_logits, to_output  # noqa: F401  (re-exported)
 from distill.training.log import RunLog  # noqa: F401  (re-exported: the loops import it from here)
 
 OPTIMIZERS = {
@@ -92,11 +92,13 @@ def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | No
     batches: Iterable = loader.ordered()
     if log is not None:
         batches = log.track(batches, "soft labels", total_rows=loader.num_rows)
+    device = model_device(model)
     for b in batches:
+        b = b.to(device)
         with precision or contextlib.nullcontext():
             z = model(b.select(features)).float()
-        if out is None:
-            out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype)
+        if out is None:  # the cache lives where the student trains: its rows are gathered each step
+            out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype, device=device)
         out[b.index] = z
     model.train(was_training)
     assert out is not None

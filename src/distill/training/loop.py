@@ -7,7 +7,9 @@ every mode:
     for each batch of each epoch (resumed mid-epoch from a checkpoint when there is one):
         losses = step(batch, λ(step))        # {"L_s": ..., "L_d": ..., "loss": ...}
         zero_grad; losses["loss"].backward(); optimizer.step()
-        stop on a non-finite term; log the terms, λ and lr
+        keep the terms on the device; every `log_every` steps (and before an evaluation, a
+            checkpoint or the phase's end) read them in one host sync: stop on the first
+            non-finite term, naming its step, and log the terms, λ and lr of the logged steps
         every `eval_every` steps: evaluate each watched model, keep its best weights, stop early
             when none of them improved for `patience` evaluations
         every `checkpoint_every` steps: checkpoint (optimizer, early-stopping state, RNG, position)
@@ -56,15 +58,17 @@ class Plan:
     optimizer_name: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
-    precision: str = "fp32"  # "fp32" or "bf16" (see distill.device.autocast)
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (see distill.device.autocast), already resolved
     device: torch.device = field(default_factory=devices.resolve)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Plan":
         t = cfg.train
         metric, patience = stopping_metric(cfg)
+        device = devices.resolve(getattr(t, "device", None))
+        precision, _ = devices.resolve_precision(t.precision, device)  # its warnings: recipes.check
         return cls(t.epochs, metric, patience, t.eval_every, t.log_every, t.optimizer, t.lr, t.weight_decay,
-                   t.precision)
+                   precision, device)
 
     def optimizer(self, *modules: nn.Module):
         """The configured optimizer over the parameters of `modules`, each once (SparseAdam for
@@ -99,6 +103,8 @@ def train_loop(phase: str, step: Step, opt, loader, watched: list[Watched], vali
     without a validation split). `ckpt` makes the phase resumable; its payload is this loop's.
     """
     log = log or RunLog(None, quiet=True)
+    scaler = devices.grad_scaler(plan.precision, plan.device)  # fp16 only
+    pending = Pending(phase, plan.log_every)
     every = plan.eval_every or len(loader)
     keep = [KeepBest(plan.metric, plan.patience, w.modules()) for w in watched] if valid is not None else None
     step_no, first_epoch, start, stop, t0 = 0, 0, 0, False, time.perf_counter()
@@ -109,7 +115,9 @@ def train_loop(phase: str, step: Step, opt, loader, watched: list[Watched], vali
         if keep is not None:
             for k, state in zip(keep, resume["keep"]):
                 k.load_state(state)
-        torch.set_rng_state(resume["rng"])
+        devices.set_rng_state(resume["rng"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
         log.info(f"[{phase}] resuming at step {step_no} (epoch {first_epoch}, batch {start})")
     log.phase(phase, plan.epochs * len(loader), loader.batch_size, epochs=plan.epochs, start=step_no)
     epoch = first_epoch
@@ -119,25 +127,34 @@ def train_loop(phase: str, step: Step, opt, loader, watched: list[Watched], vali
             lam_now = lam(step_no)
             losses = step(batch.to(plan.device), lam_now)
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
+            if scaler is None:
+                losses["loss"].backward()
+                opt.step()
+            else:  # fp16: scaled loss, unscaled gradients, a step skipped when they overflowed
+                scaler.scale(losses["loss"]).backward()
+                for part in getattr(opt, "parts", [opt]):  # the sparse + dense pair: each stepped by the scaler
+                    scaler.step(part)
+                scaler.update()
 
-            values = {k: v.item() for k, v in losses.items()}
-            check_finite(step_no, values)
+            pending.add(step_no, epoch, lam_now, opt.param_groups[0]["lr"], losses)
             if step_no % plan.log_every == 0:
-                log.step({"phase": phase, "step": step_no, "epoch": epoch, "lambda": lam_now,
-                          "lr": opt.param_groups[0]["lr"], **values})
+                pending.flush(log)
             step_no += 1
             if keep is not None and step_no % every == 0:
+                pending.flush(log)  # a diverged model is never evaluated or kept as the best
                 stop = _validate(phase, watched, keep, valid, label, log, epoch, step_no)
                 if stop:
                     break
             if ckpt:
+                if ckpt.every and step_no % ckpt.every == 0:
+                    pending.flush(log)  # a checkpoint never holds weights from after a divergence
                 ckpt.maybe_save(phase, step_no, lambda: {
                     "epoch": epoch, "batch": b + 1, "optimizer": opt.state_dict(),
-                    "keep": [k.state() for k in keep] if keep else None, "rng": torch.get_rng_state()})
+                    "keep": [k.state() for k in keep] if keep else None, "rng": devices.rng_state(),
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {})})
         if stop:
             break
+    pending.flush(log)  # the phase's last steps, before its last evaluation and its end
     if keep is not None:
         if step_no % every != 0:  # the last steps were not evaluated yet
             _validate(phase, watched, keep, valid, label, log, epoch, step_no)
@@ -145,6 +162,35 @@ def train_loop(phase: str, step: Step, opt, loader, watched: list[Watched], vali
             k.restore()
     return {"steps": step_no, "epochs": epoch + 1, "stopped_early": stop, "seconds": time.perf_counter() - t0,
             "best_valid": None if keep is None else {w.member.name: {plan.metric: k.best} for w, k in zip(watched, keep)}}
+
+
+class Pending:
+    """The loss terms of the steps not read yet, kept on the device: reading a tensor's value waits
+    for the GPU to finish (a host sync), so the loop reads them once per `log_every` steps, all at
+    once, instead of once per term per step. On the CPU the values and the logs are the same."""
+
+    def __init__(self, phase: str, log_every: int):
+        self.phase, self.log_every = phase, log_every
+        self.steps: list[tuple[int, int, float, float, tuple[str, ...]]] = []
+        self.terms: list[torch.Tensor] = []
+
+    def add(self, step: int, epoch: int, lam: float, lr: float, losses: dict[str, torch.Tensor]) -> None:
+        # float64 holds every float32 / bf16 / fp16 value exactly: the logged numbers are .item()'s
+        self.steps.append((step, epoch, lam, lr, tuple(losses)))
+        self.terms.append(torch.stack([v.detach().to(torch.float64) for v in losses.values()]))
+
+    def flush(self, log: RunLog) -> None:
+        """Read every pending step (one host sync); raise on the first non-finite term, naming its
+        step; log the steps `log_every` selects."""
+        if not self.steps:
+            return
+        rows = torch.stack(self.terms).cpu().tolist()
+        steps, self.steps, self.terms = self.steps, [], []
+        for (step, epoch, lam, lr, names), row in zip(steps, rows):
+            values = dict(zip(names, row))
+            check_finite(step, values)
+            if step % self.log_every == 0:
+                log.step({"phase": self.phase, "step": step, "epoch": epoch, "lambda": lam, "lr": lr, **values})
 
 
 def _validate(phase: str, watched: list[Watched], keep: list[KeepBest], valid: Encoded, label: LabelEncoder,
