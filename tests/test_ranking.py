@@ -228,3 +228,34 @@ def test_listwise_run_through_the_cli_logs_its_term_and_reports_ndcg(tmp_path):
     assert {"ndcg@5", "recall@5", "gauc"} <= set(m["student"]["test"]) and "ndcg@10" not in m["student"]["test"]
     steps = [json.loads(line) for p in run.rglob("*.jsonl") for line in p.read_text().splitlines() if '"L_pairwise"' in line]
     assert steps and all({"L_pairwise", "L_pointwise"} <= set(s) for s in steps)
+
+
+def test_listwise_under_torchrun_steps_like_one_process(tmp_path):
+    """Two processes with a within-group loss: groups are sharded whole, every rank steps as often
+    as one process does (no rank waits in a collective for a batch it never draws)."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from distill.demo import DEMO_CONFIG, make_log
+    for name, n, seed in (("train", 3000, 1), ("valid", 1000, 2), ("test", 1000, 3)):
+        pq.write_table(make_log(n, seed, n_users=300, n_items=150), tmp_path / f"{name}.parquet")
+    raw = yaml.safe_load(DEMO_CONFIG.replace("{data}", str(tmp_path)))
+    raw["teacher"].update(hidden=[16], dropout=0.0)
+    raw["student"]["hidden"] = [16]
+    raw["distillation"]["loss"] = "listwise"
+    raw["train"].update(epochs=1, batch_size=256, baseline=False, threads=1)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    one = tmp_path / "one"
+    r = runner.invoke(app, ["train", str(path), "--output", str(one), "-q", "--no-report"])
+    assert r.exit_code == 0, r.output
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "distill", "train", str(path), "-q", "--no-report", "--output", str(tmp_path / "two")]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=180)
+    assert p.returncode == 0, p.stderr[-3000:]
+    count = lambda d: len((d / "steps.jsonl").read_text().splitlines())  # noqa: E731
+    assert count(tmp_path / "two") == count(one) > 0
+    assert "ndcg@10" in json.loads((tmp_path / "two" / "metrics.json").read_text())["student"]["test"]
