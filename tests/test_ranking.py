@@ -259,3 +259,13 @@ def test_listwise_under_torchrun_steps_like_one_process(tmp_path):
     count = lambda d: len((d / "steps.jsonl").read_text().splitlines())  # noqa: E731
     assert count(tmp_path / "two") == count(one) > 0
     assert "ndcg@10" in json.loads((tmp_path / "two" / "metrics.json").read_text())["student"]["test"]
+
+
+def test_grouped_loader_cuts_heavy_groups_into_chunks():
+    groups = [0] * 50 + [1] * 3 + [2] * 9
+    loader = GroupedLoader(encoded(groups), batch_size=12, seed=0, max_group_rows=4)
+    assert sorted(loader.sizes.tolist()) == [1, 2, 3] + [4] * 14  # 50 = 12·4 + 2, 3, 9 = 2·4 + 1
+    seen = sorted(i for b in loader.epoch(0) for i in b.index.tolist())
+    assert seen == list(range(len(groups))) and all(len(b) <= 12 for b in loader.epoch(1))
+    whole = GroupedLoader(encoded(groups), batch_size=12, seed=0)
+    assert max(len(b) for b in whole.epoch(0)) == 50  # without it, the heavy group is one batch

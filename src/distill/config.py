@@ -96,6 +96,7 @@ class DistillationConfig(Strict):
     loss: Literal["pointwise", "pairwise", "listwise"] = "pointwise"
     loss_weights: dict[Literal["pointwise", "pairwise", "listwise"], float] | None = None
     max_pairs: int | None = Field(default=None, gt=0)  # pairwise: pairs drawn per batch (default all)
+    max_group_rows: int | None = Field(default=None, gt=0)  # grouped batches: a larger group is cut into chunks
 
     @model_validator(mode="after")
     def _check_loss_weights(self) -> "DistillationConfig":

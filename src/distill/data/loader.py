@@ -57,7 +57,8 @@ class GroupedLoader:
     Each epoch shuffles the order of the groups (from (seed, epoch) only) and packs them in that
     order into batches of about `batch_size` rows: a batch is closed when the next group would take
     it past `batch_size`, so a group larger than `batch_size` is a batch of its own (never cut:
-    cutting it would lose its pairs). Rows of no group (id −1) are each a group of one. The number
+    cutting it would lose its pairs), unless `max_group_rows` (distillation.max_group_rows) cuts
+    every group into chunks of at most that many rows, packed as groups of their own. Rows of no group (id −1) are each a group of one. The number
     of batches can differ by a few between epochs; `len()` is epoch 0's (the loop uses it for the
     evaluation cadence and the progress bar only).
 
@@ -67,7 +68,8 @@ class GroupedLoader:
     (and a group of one: no pair, no list), as distributed.ShardedLoader does.
     """
 
-    def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+    def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 max_group_rows: int | None = None):
         assert data.group is not None, "GroupedLoader needs Encoded.group"
         self.data, self.batch_size, self.seed, self.shuffle = data.pack(), batch_size, seed, shuffle
         self.rank, self.world = rank, world
@@ -76,6 +78,15 @@ class GroupedLoader:
         # no group (−1): each such row its own group, with ids after the real ones
         g = torch.where(g >= 0, g, int(g.max().clamp_min(0)) + 1 + torch.arange(len(g)))
         _, gid = torch.unique(g, return_inverse=True)
+        if max_group_rows is not None:
+            # a heavy group becomes chunks of at most max_group_rows rows (in file order), packed as
+            # groups of their own: batches then mix more groups; pairs and lists stay within a chunk
+            # (or several chunks of one group that happen to share a batch)
+            rows = torch.argsort(gid, stable=True)
+            size = torch.bincount(gid)
+            pos = torch.empty_like(gid)
+            pos[rows] = torch.arange(len(gid)) - (torch.cumsum(size, 0) - size)[gid[rows]]
+            _, gid = torch.unique(gid * (int(size.max()) // max_group_rows + 1) + pos // max_group_rows, return_inverse=True)
         self.rows_by_group = torch.argsort(gid, stable=True)  # rows sorted by group, file order inside
         self.sizes = torch.bincount(gid)  # (G,)
         self.starts = torch.cumsum(self.sizes, 0) - self.sizes
