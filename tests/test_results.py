@@ -42,6 +42,8 @@ def test_resampled_metrics_equal_the_metrics_on_the_resampled_rows():
         rows = np.repeat(np.arange(len(y)), counts[k].astype(int))
         want = metrics.compute("binary", y[rows], s[rows], g[rows])
         for m in want:
+            if m.startswith(("ndcg@", "recall@")):  # not resampled: with < 3 seeds they get no interval
+                continue
             assert got[m][k] == pytest.approx(want[m]), m
     r = np.random.default_rng(2)
     probs = r.dirichlet(np.ones(3), 200)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from distill.errors import DistillError
 
@@ -41,6 +41,7 @@ class TaskConfig(Strict):
     label: str
     group: str | None = None
     weight: str | None = None
+    ranking_k: list[PositiveInt] = Field(default_factory=lambda: [10], min_length=1)  # NDCG@k and recall@k per group (with group)
 
 
 class FeatureConfig(Strict):
@@ -93,6 +94,22 @@ class DistillationConfig(Strict):
     # async: K teachers, each on K−1 folds of the training split, give every training row the soft
     # label of the teacher that did not see it (README, "Out-of-fold soft labels"); None or 1: off.
     cross_fit: int | None = Field(default=None, ge=1)
+    # Ranking distillation within the groups of task.group (training/ranking.py): the term L_d is
+    # made of; `loss_weights` mixes several ({pointwise: 1.0, listwise: 0.5}); default {loss: 1}.
+    loss: Literal["pointwise", "pairwise", "listwise"] = "pointwise"
+    loss_weights: dict[Literal["pointwise", "pairwise", "listwise"], float] | None = None
+    max_pairs: int | None = Field(default=None, gt=0)  # pairwise: pairs drawn per batch (default all)
+    max_group_rows: int | None = Field(default=None, gt=0)  # grouped batches: a larger group is cut into chunks
+
+    @model_validator(mode="after")
+    def _check_loss_weights(self) -> "DistillationConfig":
+        w = self.loss_weights
+        if w is not None:
+            if self.loss not in w:
+                raise ValueError(f"loss_weights must include distillation.loss ('{self.loss}')")
+            if any(v < 0 for v in w.values()) or not any(v > 0 for v in w.values()):
+                raise ValueError("loss_weights: weights must be >= 0 and one of them > 0")
+        return self
 
     @model_validator(mode="after")
     def _resolve_weight(self) -> "DistillationConfig":

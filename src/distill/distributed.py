@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from distill.data.batch import Batch, Encoded
-from distill.data.loader import InMemoryLoader
+from distill.data.loader import GroupedLoader, InMemoryLoader
 from distill.data.stream import StreamingLoader
 from distill.errors import DistillError
 
@@ -283,5 +283,8 @@ def sum_parts(local: torch.Tensor) -> torch.Tensor:
 
 
 def shard(loader: InMemoryLoader | StreamingLoader) -> InMemoryLoader | StreamingLoader | ShardedLoader:
-    """`loader` itself for a world of one, else a `ShardedLoader` over it."""
+    """`loader` itself for a world of one, else a `ShardedLoader` over it (a GroupedLoader shards
+    itself, by whole groups)."""
+    if active() and isinstance(loader, GroupedLoader):
+        return loader.for_rank(rank(), world())
     return ShardedLoader(loader) if active() else loader

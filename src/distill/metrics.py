@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 HIGHER_IS_BETTER = {"auc": True, "gauc": True, "accuracy": True, "logloss": False, "rmse": False, "mae": False}
+# ndcg@k and recall@k (any k) are higher-is-better too: every reader uses HIGHER_IS_BETTER.get(name, True)
 
 
 def _grouped_auc(y: np.ndarray, score: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,18 +44,54 @@ def gauc(y: np.ndarray, score: np.ndarray, group: np.ndarray) -> float:
     return float((a[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
 
 
+def ranking_at_k(y: np.ndarray, score: np.ndarray, group: np.ndarray, k: int) -> tuple[float, float]:
+    """(NDCG@k, recall@k) per group, averaged over the groups with at least one positive (a group
+    without one has nothing to find). Relevance is the label (0/1 clicks; graded labels work too).
+
+    - NDCG@k = DCG@k / IDCG@k, DCG@k = Σ_{r ≤ k} rel_r / log2(r + 1) over the group's rows sorted by
+      score (ties broken by file order, the first row first); IDCG@k is the DCG of the best order.
+    - recall@k = positives in the top k / min(k, positives): 1 when the top k is as full of
+      positives as it can be (so a group with more than k positives can still reach 1).
+    """
+    y, score, group = np.asarray(y, float), np.asarray(score, float), np.asarray(group)
+    n = len(y)
+    if n == 0:
+        return float("nan"), float("nan")
+    order = np.lexsort((np.arange(n), -score, group))  # by group, best score first, then file order
+    g, rel = group[order], y[order]
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    gid = np.cumsum(new_group) - 1
+    start = np.flatnonzero(new_group)[gid]
+    rank = np.arange(n) - start  # 0-based rank within the group
+    top = rank < k
+    disc = 1.0 / np.log2(rank + 2.0)
+    dcg = np.bincount(gid, weights=rel * disc * top)
+    ideal = rel[np.lexsort((-rel, gid))]  # each group's labels, best first (gid is sorted)
+    idcg = np.bincount(gid, weights=ideal * disc * top)
+    positives = np.bincount(gid, weights=(rel > 0).astype(float))
+    hits = np.bincount(gid, weights=(rel > 0) * top)
+    ok = positives > 0
+    if not ok.any():
+        return float("nan"), float("nan")
+    return float((dcg[ok] / idcg[ok]).mean()), float((hits[ok] / np.minimum(k, positives[ok])).mean())
+
+
 def binary_logloss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
     p = np.clip(p, eps, 1 - eps)
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
-def compute(task: str, y: np.ndarray, pred: np.ndarray, group: np.ndarray | None = None) -> dict[str, float]:
+def compute(task: str, y: np.ndarray, pred: np.ndarray, group: np.ndarray | None = None,
+            ks: tuple[int, ...] | list[int] = (10,)) -> dict[str, float]:
     """All metrics that fit the task. `pred` is a probability (binary), class probabilities
-    (multiclass, (N, C)) or a value (regression), on the label's own scale."""
+    (multiclass, (N, C)) or a value (regression), on the label's own scale. With `group` (binary),
+    also GAUC and NDCG@k / recall@k per group for each k of `ks` (task.ranking_k)."""
     if task == "binary":
         out = {"auc": auc(y, pred), "logloss": binary_logloss(y, pred), "accuracy": float(((pred > 0.5) == (y > 0.5)).mean())}
         if group is not None:
             out["gauc"] = gauc(y, pred, group)
+            for k in ks:
+                out[f"ndcg@{k}"], out[f"recall@{k}"] = ranking_at_k(y, pred, group, k)
         return out
     if task == "multiclass":
         p = np.clip(pred[np.arange(len(y)), y], 1e-7, 1.0)

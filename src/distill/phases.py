@@ -39,6 +39,7 @@ from distill.training.asynchronous import cache_logits, from_cache
 from distill.training.checkpoint import Checkpoints
 from distill.training.common import RunLog
 from distill.training.loop import Plan
+from distill.training.ranking import DistillTerm
 from distill.training.single import train_single
 from distill.training.sync import train_sync
 
@@ -63,12 +64,14 @@ def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", lo
 
 def fit_student(student: Member, soft: torch.Tensor | Callable[[Batch], torch.Tensor], loader,
                 valid: Encoded | None, label: LabelEncoder, plan: Plan, *, lam: Lambda, temperature: float = 1.0,
-                log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "student") -> dict:
+                log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "student",
+                term: DistillTerm | None = None) -> dict:
     """The student against given soft labels: `soft` is the cached logits of every training row
-    (`cache_teacher_logits`) or a function of the batch (offline: `lambda batch: batch.soft`)."""
+    (`cache_teacher_logits`) or a function of the batch (offline: `lambda batch: batch.soft`).
+    `term`: a within-group distillation term (training/ranking.py term_of); None: pointwise."""
     soft_of = from_cache(soft) if isinstance(soft, torch.Tensor) else soft
     return train_single(student, loader, valid, label, plan, phase, soft=soft_of, lam=_schedule(lam),
-                        temperature=temperature, log=log, ckpt=ckpt)
+                        temperature=temperature, log=log, ckpt=ckpt, term=term)
 
 
 def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
@@ -79,9 +82,9 @@ def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEn
 
 def fit_together(teacher: Member, student: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
                  lam: Lambda, temperature: float = 1.0, log: RunLog | None = None,
-                 ckpt: Checkpoints | None = None) -> dict:
+                 ckpt: Checkpoints | None = None, term: DistillTerm | None = None) -> dict:
     """Teacher and student in one loop, one optimizer step for both (sync)."""
-    return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt)
+    return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt, term)
 
 
 @dataclass

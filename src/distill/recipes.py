@@ -32,6 +32,7 @@ from distill.errors import DistillError
 from distill.member import Member
 from distill.training.checkpoint import Checkpoints, atomic_write
 from distill.training.common import RunLog
+from distill.training import ranking
 from distill.training.loop import Plan
 
 
@@ -147,7 +148,8 @@ def share(ctx: Context) -> None:
 def train_sync(ctx: Context) -> None:
     t, s = ctx.members["teacher"], ctx.members["student"]
     ctx.phase("sync", lambda: phases.fit_together(t, s, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                                  temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt))
+                                                  temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                                  term=ranking.term_of(ctx.cfg, ctx.loader)))
     train_baseline(ctx)
 
 
@@ -171,7 +173,8 @@ def train_async(ctx: Context) -> None:
         soft_seconds = time.perf_counter() - t0
         ctx.log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
         summary = phases.fit_student(s, cache, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                     temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt)
+                                     temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                     term=ranking.term_of(ctx.cfg, ctx.loader))
         return summary | {"soft_label_seconds": soft_seconds}
 
     ctx.phase("student", student)
@@ -228,7 +231,7 @@ def train_offline(ctx: Context) -> None:
     s = ctx.members["student"]
     ctx.phase("student", lambda: phases.fit_student(s, lambda batch: batch.soft, ctx.loader, ctx.valid, ctx.label,
                                                     ctx.plan, lam=ctx.lam, temperature=ctx.cfg.distillation.temperature,
-                                                    log=ctx.log, ckpt=ctx.ckpt))
+                                                    log=ctx.log, ckpt=ctx.ckpt, term=ranking.term_of(ctx.cfg, ctx.loader)))
     train_baseline(ctx)
 
 
@@ -268,4 +271,4 @@ def role_of(name: str) -> str:
 def check(cfg: Config) -> list[str]:
     """The schema's rules, then the mode's; returns the warnings."""
     from distill import device  # train.device, precision, sparse_embeddings under NCCL
-    return schema.check(cfg) + recipe(cfg).check(cfg) + device.check(cfg.train)
+    return schema.check(cfg) + recipe(cfg).check(cfg) + device.check(cfg.train) + ranking.check(cfg)

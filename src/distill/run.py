@@ -43,7 +43,7 @@ from distill.errors import DistillError
 from distill.member import Member
 from distill.models import build_model
 from distill.models.parts import FeatureInfo
-from distill.data.loader import InMemoryLoader
+from distill.data.loader import GroupedLoader, InMemoryLoader
 from distill.data.stream import StreamingLoader
 from distill.recipes import Context
 from distill.training.checkpoint import (Checkpoints, CheckpointError, atomic_write, data_fingerprint, disk_full,
@@ -143,7 +143,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         members, ckpt = _fit(cfg, recipe, splits, loader, teacher_run, info, log, partial, resume, main)
         models = {m.name: m.module for m in members.values()}
         features = {m.name: m.features for m in members.values()}
-        results = {n: _evaluate_all(models[n], features[n], splits, splits.encoders.label) for n in models}
+        results = {n: _evaluate_all(models[n], features[n], splits, splits.encoders.label, cfg.task.ranking_k) for n in models}
 
         def finish() -> None:
             try:
@@ -277,6 +277,10 @@ def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoade
         soft = cfg.distillation.soft_label if cfg.distillation.mode == "offline" else None
         return StreamingLoader(cfg, splits.encoders, soft_label=soft)
     assert splits.train is not None
+    from distill.training import ranking
+    if ranking.wants_groups(cfg):  # within-group losses: whole groups per batch
+        return GroupedLoader(splits.train, cfg.train.batch_size, cfg.train.seed,
+                             max_group_rows=cfg.distillation.max_group_rows)
     return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)
 
 
@@ -343,14 +347,16 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
 
 
-def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label) -> dict[str, dict[str, float]]:
+def _evaluate_all(model: nn.Module, features: list[str], splits: Splits, label,
+                  ks: list[int] | None = None) -> dict[str, dict[str, float]]:
     out = {}
+    ks = ks or [10]
     for split in ("valid", "test"):
         data = getattr(splits, split)
         if data is not None:
-            out[split] = evaluate(model, data, features, label)
+            out[split] = evaluate(model, data, features, label, ks)
     if not out and splits.train is not None:
-        out["train"] = evaluate(model, splits.train, features, label)
+        out["train"] = evaluate(model, splits.train, features, label, ks)
     return out
 
 
@@ -483,7 +489,7 @@ class Run:
                     out[role][split] = {"skipped": f"missing column '{missing[0]}'"}
                     continue
                 enc = self.encoders.encode(self.config, table, wheres[split], features=self.features[role])
-                out[role][split] = evaluate(model, enc, self.features[role], self.encoders.label)
+                out[role][split] = evaluate(model, enc, self.features[role], self.encoders.label, self.config.task.ranking_k)
         return out
 
 

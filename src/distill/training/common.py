@@ -105,11 +105,12 @@ def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | No
     return distributed.sum_parts(out)  # under torchrun each rank predicted its slices: gather them
 
 
-def evaluate(model: nn.Module, data: Encoded, features: list[str], label: LabelEncoder) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Encoded, features: list[str], label: LabelEncoder,
+             ks: tuple[int, ...] | list[int] = (10,)) -> dict[str, float]:
     """Metrics over the whole split; under torchrun each rank predicts a slice, all ranks get all rows."""
     logits = distributed.predict_all(lambda part: predict_logits(model, part, features), data)
     pred = to_output(logits, label)
-    return metrics.compute(label.task, label_values(data, label), pred, data.group)
+    return metrics.compute(label.task, label_values(data, label), pred, data.group, ks)  # ks: task.ranking_k
 
 
 def check_finite(step: int, terms: dict[str, float]) -> None:

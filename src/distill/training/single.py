@@ -23,13 +23,16 @@ from distill.losses import distill_loss, hard_loss
 from distill.member import Member
 from distill.training.checkpoint import Checkpoints
 from distill.training.common import RunLog
+from distill.training.ranking import DistillTerm
 from distill.training.loop import Plan, Step, Watched, no_distillation, train_loop
 
 
 def single_step(net: nn.Module, features: list[str], task: str, amp: contextlib.AbstractContextManager,
-                soft: Callable[[Batch], torch.Tensor] | None = None, temperature: float = 1.0) -> Step:
+                soft: Callable[[Batch], torch.Tensor] | None = None, temperature: float = 1.0,
+                term: DistillTerm | None = None) -> Step:
     """The step of one model: L_s, and with `soft(batch)` (the teacher's logits for the batch's
-    rows) the distillation term L_d weighted by λ."""
+    rows) the distillation term L_d weighted by λ; `term` makes L_d when it is not pointwise alone
+    (training/ranking.py)."""
 
     def step(batch: Batch, lam: float) -> dict[str, torch.Tensor]:
         with amp:
@@ -37,8 +40,12 @@ def single_step(net: nn.Module, features: list[str], task: str, amp: contextlib.
         l_s = hard_loss(logits, batch.y, task, batch.weight)
         if soft is None:
             return {"L_s": l_s, "loss": l_s}
-        l_d = distill_loss(logits, soft(batch), task, temperature, batch.weight)
-        return {"L_s": l_s, "L_d": l_d, "loss": (1.0 - lam) * l_s + lam * l_d}
+        if term is None:
+            l_d, parts = distill_loss(logits, soft(batch), task, temperature, batch.weight), {}
+        else:
+            parts = term(logits, soft(batch), batch)
+            l_d = parts.pop("L_d")
+        return {"L_s": l_s, "L_d": l_d, **parts, "loss": (1.0 - lam) * l_s + lam * l_d}
 
     return step
 
@@ -46,7 +53,7 @@ def single_step(net: nn.Module, features: list[str], task: str, amp: contextlib.
 def train_single(member: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan,
                  phase: str, soft: Callable[[Batch], torch.Tensor] | None = None,
                  lam: Callable[[int], float] = no_distillation, temperature: float = 1.0,
-                 log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
+                 log: RunLog | None = None, ckpt: Checkpoints | None = None, term: DistillTerm | None = None) -> dict:
     """Train `member` in place (best validation weights restored); returns the phase's summary.
 
     `soft(batch)` gives the teacher's logits for the batch's rows (async: the cached teacher;
@@ -56,6 +63,6 @@ def train_single(member: Member, loader, valid: Encoded | None, label: LabelEnco
     opt = plan.optimizer(model)
     model.train()
     net = distributed.wrap(model)  # under torchrun: DDP, gradients averaged across ranks in backward
-    step = single_step(net, member.features, label.task, plan.autocast(), soft, temperature)
+    step = single_step(net, member.features, label.task, plan.autocast(), soft, temperature, term)
     return train_loop(phase, step, opt, loader.narrowed(member.features), [Watched(member)], valid, label, plan,
                       lam if soft is not None else no_distillation, log, ckpt)

@@ -23,6 +23,7 @@ from distill.losses import distill_loss, hard_loss
 from distill.member import Member
 from distill.training.checkpoint import Checkpoints
 from distill.training.common import RunLog
+from distill.training.ranking import DistillTerm
 from distill.training.loop import Plan, Step, Watched, train_loop
 
 
@@ -39,7 +40,9 @@ class Pair(nn.Module):
 
 
 def sync_step(pair: nn.Module, teacher_features: list[str], student_features: list[str], task: str,
-              amp: contextlib.AbstractContextManager, temperature: float) -> Step:
+              amp: contextlib.AbstractContextManager, temperature: float, term: DistillTerm | None = None) -> Step:
+    """`term`: L_d when it is not pointwise alone (training/ranking.py); None keeps distill_loss."""
+
     def step(batch: Batch, lam: float) -> dict[str, torch.Tensor]:
         # the teacher sees serving + privileged features, the student serving features only
         with amp:
@@ -47,15 +50,19 @@ def sync_step(pair: nn.Module, teacher_features: list[str], student_features: li
         t_logits, s_logits = t_logits.float(), s_logits.float()
         l_t = hard_loss(t_logits, batch.y, task, batch.weight)
         l_s = hard_loss(s_logits, batch.y, task, batch.weight)
-        l_d = distill_loss(s_logits, t_logits.detach(), task, temperature, batch.weight)
-        return {"L_s": l_s, "L_d": l_d, "L_t": l_t, "loss": l_t + (1.0 - lam) * l_s + lam * l_d}
+        if term is None:
+            l_d, parts = distill_loss(s_logits, t_logits.detach(), task, temperature, batch.weight), {}
+        else:
+            parts = term(s_logits, t_logits.detach(), batch)
+            l_d = parts.pop("L_d")
+        return {"L_s": l_s, "L_d": l_d, "L_t": l_t, **parts, "loss": l_t + (1.0 - lam) * l_s + lam * l_d}
 
     return step
 
 
 def train_sync(teacher: Member, student: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan,
                lam: Callable[[int], float], temperature: float = 1.0, log: RunLog | None = None,
-               ckpt: Checkpoints | None = None) -> dict:
+               ckpt: Checkpoints | None = None, term: DistillTerm | None = None) -> dict:
     t, s = teacher.module, student.module
     # Each model keeps its own best weights; training stops when neither has improved for
     # `patience` evaluations (a teacher still improving keeps teaching). With shared tables the
@@ -66,7 +73,7 @@ def train_sync(teacher: Member, student: Member, loader, valid: Encoded | None, 
     t.train()
     s.train()
     pair = distributed.wrap(Pair(t, s))  # under torchrun: DDP over both models at once
-    step = sync_step(pair, teacher.features, student.features, label.task, plan.autocast(), temperature)
+    step = sync_step(pair, teacher.features, student.features, label.task, plan.autocast(), temperature, term)
     both = list(dict.fromkeys(teacher.features + student.features))
     summary = train_loop("sync", step, opt, loader.narrowed(both), watched, valid, label, plan, lam, log, ckpt)
     return summary | {"shared_tables": shared}
