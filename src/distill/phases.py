@@ -38,9 +38,9 @@ Lambda = float | Callable[[int], float]  # λ, or λ as a function of the optimi
 
 
 def fit_teacher(teacher: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
-                log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
-    """The teacher alone on the labels (async's first phase)."""
-    return train_single(teacher, loader, valid, label, plan, "teacher", log=log, ckpt=ckpt)
+                log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "teacher") -> dict:
+    """The teacher alone on the labels (async's first phase; one phase per teacher with `teachers:`)."""
+    return train_single(teacher, loader, valid, label, plan, phase, log=log, ckpt=ckpt)
 
 
 def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", log: RunLog | None = None) -> torch.Tensor:
@@ -52,12 +52,23 @@ def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", lo
 
 def fit_student(student: Member, soft: torch.Tensor | Callable[[Batch], torch.Tensor], loader,
                 valid: Encoded | None, label: LabelEncoder, plan: Plan, *, lam: Lambda, temperature: float = 1.0,
-                log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "student") -> dict:
+                log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "student",
+                each_teacher: dict[str, torch.Tensor] | None = None) -> dict:
     """The student against given soft labels: `soft` is the cached logits of every training row
-    (`cache_teacher_logits`) or a function of the batch (offline: `lambda batch: batch.soft`)."""
+    (`cache_teacher_logits`) or a function of the batch (offline: `lambda batch: batch.soft`).
+    `each_teacher` (several teachers, `soft` their mix): each one's cached logits, to log L_d:<name>."""
     soft_of = from_cache(soft) if isinstance(soft, torch.Tensor) else soft
+    each = {n: from_cache(c) for n, c in each_teacher.items()} if each_teacher else None
     return train_single(student, loader, valid, label, plan, phase, soft=soft_of, lam=_schedule(lam),
-                        temperature=temperature, log=log, ckpt=ckpt)
+                        temperature=temperature, log=log, ckpt=ckpt, each=each)
+
+
+def fit_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
+             log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
+    """async with ensemble type gate: the gate alone, on the teachers' cached logits (K, N[, C]) and
+    the hard labels; the teachers stay frozen (distill.ensemble)."""
+    from distill.training.single import train_gate
+    return train_gate(ensemble, caches, loader, valid, label, plan, log=log, ckpt=ckpt)
 
 
 def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,

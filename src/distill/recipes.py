@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from distill import phases, schedules, schema
 from distill.config import Config
 from distill.data.encoders import LabelEncoder
@@ -84,7 +86,39 @@ def _refuse_others(cfg: Config) -> list[str]:
     return warnings
 
 
+def _check_teachers(cfg: Config) -> list[str] | None:
+    """Several teachers (`teachers:`): each one's features, the ensemble's weights. None with one teacher."""
+    e = cfg.distillation.ensemble
+    if cfg.teachers is None:
+        if e.type != "mean" or e.weights:
+            return ["distillation.ensemble is ignored with one teacher (name several under 'teachers:')"]
+        return None
+    for name in schema.teacher_sections(cfg):
+        schema.model_features(cfg, name)
+    if e.type == "weights":
+        for n in cfg.teachers:
+            if n not in e.weights:
+                raise DistillError(f"distillation.ensemble.weights: no weight for teacher '{n}' (give one per name under 'teachers:')")
+        for n, w in e.weights.items():
+            if n not in cfg.teachers:
+                raise DistillError(f"distillation.ensemble.weights: '{n}' is not a teacher (teachers: {', '.join(cfg.teachers)})")
+            if w < 0:
+                raise DistillError(f"distillation.ensemble.weights.{n}: must be at least 0, not {w}")
+        if sum(e.weights.values()) <= 0:
+            raise DistillError("distillation.ensemble.weights: at least one weight must be above 0")
+    elif e.weights:
+        raise DistillError(f"distillation.ensemble.weights: only ensemble type 'weights' uses them (the type is '{e.type}')")
+    if cfg.distillation.share_embeddings:
+        raise DistillError("distillation.share_embeddings: with several teachers no table is shared (use one 'teacher:')")
+    if cfg.distillation.teacher_checkpoint:
+        raise DistillError("distillation.teacher_checkpoint: starts from one trained teacher; with 'teachers:' each is trained here")
+    return _refuse_others(cfg)
+
+
 def check_sync(cfg: Config) -> list[str]:
+    many = _check_teachers(cfg)
+    if many is not None and cfg.teachers is not None:
+        return many
     schema.model_features(cfg, "teacher")
     warnings = _refuse_others(cfg)
     if cfg.distillation.share_embeddings and cfg.teacher.embedding_dim != cfg.student.embedding_dim:
@@ -92,21 +126,31 @@ def check_sync(cfg: Config) -> list[str]:
             "distillation.share_embeddings: teacher.embedding_dim and student.embedding_dim differ "
             f"({cfg.teacher.embedding_dim} vs {cfg.student.embedding_dim}); shared tables need one size"
         )
-    return warnings + schema.teacher_warnings(cfg)
+    return (many or []) + warnings + schema.teacher_warnings(cfg)
 
 
 def check_async(cfg: Config) -> list[str]:
+    many = _check_teachers(cfg)
+    if many is not None and cfg.teachers is not None:
+        return many
     schema.model_features(cfg, "teacher")
-    return _refuse_others(cfg) + schema.teacher_warnings(cfg)
+    return (many or []) + _refuse_others(cfg) + schema.teacher_warnings(cfg)
+
+
+def check_many_unsupported(cfg: Config) -> None:
+    if cfg.teachers is not None:
+        raise DistillError(f"teachers: mode '{cfg.distillation.mode}' trains no teacher (several teachers need mode sync or async)")
 
 
 def check_offline(cfg: Config) -> list[str]:
+    check_many_unsupported(cfg)
     if not cfg.distillation.soft_label:
         raise DistillError("distillation.soft_label: mode 'offline' needs the column that holds the teacher's score")
     return _refuse_others(cfg)
 
 
 def check_none(cfg: Config) -> list[str]:
+    check_many_unsupported(cfg)
     return _refuse_others(cfg)
 
 
@@ -125,7 +169,54 @@ def share(ctx: Context) -> None:
     ctx.log.info(f"sharing embedding tables: {', '.join(ctx.info['shared_tables']) or 'none'}")
 
 
+def teachers_of(ctx: Context) -> list[Member]:
+    return [m for n, m in ctx.members.items() if n.startswith("teacher:")]
+
+
+def train_sync_many(ctx: Context) -> None:
+    """sync with `teachers:`: every teacher, the gate (if any) and the student in one loop (training/teachers.py)."""
+    from distill.training.teachers import train_ensemble_sync
+    ens, s = ctx.members["ensemble"], ctx.members["student"]
+    ctx.phase("sync", lambda: train_ensemble_sync(teachers_of(ctx), ens.module, s, ctx.loader, ctx.valid, ctx.label,
+                                                  ctx.plan, ctx.lam, ctx.cfg.distillation.temperature, ctx.log,
+                                                  ctx.ckpt, ensemble_member=ens))
+    train_baseline(ctx)
+
+
+def train_async_many(ctx: Context) -> None:
+    """async with `teachers:`: each teacher alone (a phase each), their logits cached, the gate (if
+    any) on those, then the student against the combined logits."""
+    ens, s = ctx.members["ensemble"], ctx.members["student"]
+    for t in teachers_of(ctx):
+        ctx.log.info(f"async: training {t.name}")
+        ctx.phase(t.name, lambda t=t: phases.fit_teacher(t, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log,
+                                                          ckpt=ctx.ckpt, phase=t.name))
+
+    def student() -> dict:
+        t0 = time.perf_counter()
+        caches = torch.stack([phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
+                              for t in teachers_of(ctx)])  # (K, N[, C])
+        summary: dict = {}
+        if ens.module.gate is not None:
+            ctx.log.info("async: training the gate over the cached teacher logits")
+            summary["gate"] = phases.fit_gate(ens, caches, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log)
+        with torch.no_grad():
+            mixed = torch.cat([ens.module.mix(caches[:, i:i + 65536]) for i in range(0, caches.shape[1], 65536)])
+        soft_seconds = time.perf_counter() - t0
+        ctx.log.info(f"async: ensemble soft labels cached in {soft_seconds:.2f}s; training the student")
+        each = {t.name.removeprefix("teacher:"): caches[k] for k, t in enumerate(teachers_of(ctx))}
+        summary |= phases.fit_student(s, mixed, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                      temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                      each_teacher=each)
+        return summary | {"soft_label_seconds": soft_seconds}
+
+    ctx.phase("student", student)
+    train_baseline(ctx)
+
+
 def train_sync(ctx: Context) -> None:
+    if "ensemble" in ctx.members:
+        return train_sync_many(ctx)
     t, s = ctx.members["teacher"], ctx.members["student"]
     ctx.phase("sync", lambda: phases.fit_together(t, s, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
                                                   temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt))
@@ -133,6 +224,8 @@ def train_sync(ctx: Context) -> None:
 
 
 def train_async(ctx: Context) -> None:
+    if "ensemble" in ctx.members:
+        return train_async_many(ctx)
     t, s = ctx.members["teacher"], ctx.members["student"]
     if not ctx.cfg.distillation.teacher_checkpoint:
         ctx.log.info("async: training the teacher")
@@ -182,6 +275,9 @@ def recipe(cfg: Config) -> Recipe:
 def members(cfg: Config) -> list[str]:
     """The names of the models a run of `cfg` builds, in build order (teacher, student, baseline)."""
     names = list(recipe(cfg).models)
+    if cfg.teachers is not None and "teacher" in names:  # several teachers: teacher:<name> each, in config order
+        at = names.index("teacher")
+        names[at:at + 1] = list(schema.teacher_sections(cfg))
     if cfg.train.baseline and "baseline" not in names:
         names.append("baseline")
     return names

@@ -313,7 +313,10 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     left_out = v.get("left_out", {})
     names = [m for m in summary["student"] if m not in left_out]
     roles = [r for r in ("teacher", "baseline", "student") if r in summary]
-    rows = [[role] + [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names] for role in roles]
+    rows = [[role if role != "teacher" or "teachers" not in summary else "ensemble"] +
+            [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names] for role in roles]
+    for name, stats in summary.get("teachers", {}).items():  # several teachers: each one, before the ensemble
+        rows.insert(0, [name] + [f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m in stats else "–" for m in names])
     if v.get("metrics"):
         rows.append(["**gain** (student − baseline)"] + [interval_text(v["metrics"][m]) for m in names])
         rows.append(["verdict"] + [v["metrics"][m]["verdict"] or "–" for m in names])
@@ -379,4 +382,12 @@ def run_verdict(run_dir: Path, metrics: dict[str, Any], primary: str, task: str)
     """The verdict of one `train` run: a paired bootstrap over its test predictions ({} without a baseline)."""
     if "student" not in metrics or "baseline" not in metrics or "test" not in metrics["student"]:
         return {}
-    return verdicts([metrics], "test", primary, [read_predictions(run_dir)], task)
+    return verdicts([with_reference(metrics)], "test", primary, [with_reference(read_predictions(run_dir))], task)
+
+
+def with_reference(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Several teachers: the gap closed is against their ensemble, so "ensemble" stands as the
+    reference ("teacher") in the verdict; each teacher:<name> stays beside it."""
+    if d is None or "ensemble" not in d:
+        return d
+    return {**d, "teacher": d["ensemble"]}
