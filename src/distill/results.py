@@ -359,7 +359,8 @@ def metric_rows(metrics: dict[str, dict[str, dict[str, Any]]], bold: tuple[str, 
     names = [n for n in names if any(_finite(row.get(n)) for by_split in metrics.values() for row in by_split.values())]
     rows = []
     for split in splits:
-        for role in ("teacher", "student", "baseline"):
+        many = [r for r in metrics if r.startswith("teacher:")] + (["ensemble"] if "ensemble" in metrics else [])
+        for role in (*many, "teacher", "student", "baseline"):
             row = metrics.get(role, {}).get(split)
             if row is None:
                 continue

@@ -531,8 +531,9 @@ def load_run(path: str | Path, roles: tuple[str, ...] | list[str] | None = None)
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise DistillError(f"{path}: the run directory is incomplete or corrupt ({e})") from None
     run = Run(path, cfg, encoders, schema_d, metrics_d)
-    for role in ROLES:
-        f = path / f"{role}.safetensors"
+    many = [n for n in schema.teacher_sections(cfg) if n.startswith("teacher:")]  # several teachers: teacher.<n>.safetensors
+    for role in (*many, *ROLES):
+        f = path / weights_file(role)
         if not f.is_file() or (roles is not None and role not in roles):
             continue
         with torch.random.fork_rng(devices=[]):  # build seeds torch's RNG: leave the caller's as it was
