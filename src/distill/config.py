@@ -92,6 +92,8 @@ class HintConfig(Strict):
     weight: float = Field(default=0.1, ge=0.0)
     loss: Literal["mse", "cosine"] = "mse"
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    layer: str | None = None  # a module of the student whose output is h_s (default: its last hidden layer)
+    teacher_layer: str | None = None  # the same for the teacher
 
 
 class DistillationConfig(Strict):

@@ -53,14 +53,14 @@ def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", lo
 def fit_student(student: Member, soft: torch.Tensor | Callable[[Batch], torch.Tensor], loader,
                 valid: Encoded | None, label: LabelEncoder, plan: Plan, *, lam: Lambda, temperature: float = 1.0,
                 log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "student",
-                each_teacher: dict[str, torch.Tensor] | None = None) -> dict:
+                each_teacher: dict[str, torch.Tensor] | None = None, hint=None) -> dict:
     """The student against given soft labels: `soft` is the cached logits of every training row
     (`cache_teacher_logits`) or a function of the batch (offline: `lambda batch: batch.soft`).
     `each_teacher` (several teachers, `soft` their mix): each one's cached logits, to log L_d:<name>."""
     soft_of = from_cache(soft) if isinstance(soft, torch.Tensor) else soft
     each = {n: from_cache(c) for n, c in each_teacher.items()} if each_teacher else None
     return train_single(student, loader, valid, label, plan, phase, soft=soft_of, lam=_schedule(lam),
-                        temperature=temperature, log=log, ckpt=ckpt, each=each)
+                        temperature=temperature, log=log, ckpt=ckpt, each=each, hint=hint)
 
 
 def fit_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
@@ -79,9 +79,9 @@ def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEn
 
 def fit_together(teacher: Member, student: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
                  lam: Lambda, temperature: float = 1.0, log: RunLog | None = None,
-                 ckpt: Checkpoints | None = None) -> dict:
-    """Teacher and student in one loop, one optimizer step for both (sync)."""
-    return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt)
+                 ckpt: Checkpoints | None = None, hint=None) -> dict:
+    """Teacher and student in one loop, one optimizer step for both (sync). `hint`: distill.hints."""
+    return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt, hint=hint)
 
 
 def _schedule(lam: Lambda) -> Callable[[int], float]:

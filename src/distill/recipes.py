@@ -110,6 +110,8 @@ def _check_teachers(cfg: Config) -> list[str] | None:
         raise DistillError(f"distillation.ensemble.weights: only ensemble type 'weights' uses them (the type is '{e.type}')")
     if cfg.distillation.share_embeddings:
         raise DistillError("distillation.share_embeddings: with several teachers no table is shared (use one 'teacher:')")
+    if cfg.distillation.hint is not None:
+        raise DistillError("distillation.hint: pulls toward one teacher's hidden layer; with 'teachers:' it is not supported yet")
     if cfg.distillation.teacher_checkpoint:
         raise DistillError("distillation.teacher_checkpoint: starts from one trained teacher; with 'teachers:' each is trained here")
     return _refuse_others(cfg)
@@ -144,6 +146,8 @@ def check_many_unsupported(cfg: Config) -> None:
 
 def check_offline(cfg: Config) -> list[str]:
     check_many_unsupported(cfg)
+    if cfg.distillation.hint is not None:
+        raise DistillError("distillation.hint: mode 'offline' has scores, not a teacher's hidden layer (use sync or async)")
     if not cfg.distillation.soft_label:
         raise DistillError("distillation.soft_label: mode 'offline' needs the column that holds the teacher's score")
     return _refuse_others(cfg)
@@ -151,6 +155,8 @@ def check_offline(cfg: Config) -> list[str]:
 
 def check_none(cfg: Config) -> list[str]:
     check_many_unsupported(cfg)
+    if cfg.distillation.hint is not None:
+        raise DistillError("distillation.hint: mode 'none' has no teacher to take a hint from")
     return _refuse_others(cfg)
 
 
@@ -218,9 +224,47 @@ def train_sync(ctx: Context) -> None:
     if "ensemble" in ctx.members:
         return train_sync_many(ctx)
     t, s = ctx.members["teacher"], ctx.members["student"]
-    ctx.phase("sync", lambda: phases.fit_together(t, s, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                                  temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt))
+
+    def together() -> dict:
+        hint = sync_hint(ctx, t, s)
+        try:
+            return phases.fit_together(t, s, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                       temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt, hint=hint)
+        finally:
+            if hint is not None:
+                hint.close()  # the hooks go: the models served later run exactly their own forward
+
+    ctx.phase("sync", together)
     train_baseline(ctx)
+
+
+def _probe(ctx: Context, m: Member):
+    """One training batch with `m`'s features (sizes the hint's projection)."""
+    return next(iter(ctx.loader.narrowed(m.features).ordered())).select(m.features)
+
+
+def sync_hint(ctx: Context, t: Member, s: Member):
+    """distillation.hint in sync: h_t is read live from the teacher's forward in the same step."""
+    h = ctx.cfg.distillation.hint
+    if h is None:
+        return None
+    from distill import hints
+    dim = hints.teacher_dim(t.module, h.teacher_layer, _probe(ctx, t))
+    t_capture = hints.Capture(t.module, h.teacher_layer, "distillation.hint.teacher_layer")
+    hint = hints.make(ctx.cfg, s.module, dim, _probe(ctx, s), lambda batch: t_capture.value)
+    hint.teacher_capture = t_capture
+    return hint
+
+
+def async_hint(ctx: Context, t: Member, s: Member):
+    """distillation.hint in async: h_t of every training row cached once from the frozen teacher."""
+    h = ctx.cfg.distillation.hint
+    if h is None:
+        return None
+    from distill import hints
+    from distill.training.asynchronous import from_cache
+    cache = hints.cache_hidden(t.module, h.teacher_layer, ctx.loader, t.features)  # (N, H_t)
+    return hints.make(ctx.cfg, s.module, cache.shape[1], _probe(ctx, s), from_cache(cache))
 
 
 def train_async(ctx: Context) -> None:
@@ -236,8 +280,14 @@ def train_async(ctx: Context) -> None:
         cache = phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
         soft_seconds = time.perf_counter() - t0
         ctx.log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
-        summary = phases.fit_student(s, cache, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                     temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt)
+        hint = async_hint(ctx, t, s)
+        try:
+            summary = phases.fit_student(s, cache, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                         temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                         hint=hint)
+        finally:
+            if hint is not None:
+                hint.close()
         return summary | {"soft_label_seconds": soft_seconds}
 
     ctx.phase("student", student)

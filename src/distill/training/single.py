@@ -53,19 +53,22 @@ def train_single(member: Member, loader, valid: Encoded | None, label: LabelEnco
                  phase: str, soft: Callable[[Batch], torch.Tensor] | None = None,
                  lam: Callable[[int], float] = no_distillation, temperature: float = 1.0,
                  log: RunLog | None = None, ckpt: Checkpoints | None = None,
-                 each: dict[str, Callable[[Batch], torch.Tensor]] | None = None) -> dict:
+                 each: dict[str, Callable[[Batch], torch.Tensor]] | None = None, hint=None) -> dict:
     """Train `member` in place (best validation weights restored); returns the phase's summary.
 
     `soft(batch)` gives the teacher's logits for the batch's rows (async: the cached teacher;
     offline: the data column); without it the model learns from the labels alone and λ is 0.
     """
     model = member.module
-    opt = plan.optimizer(model)
+    opt = plan.optimizer(model) if hint is None else plan.optimizer(model, hint.projection)  # P learns with the student
     model.train()
     net = distributed.wrap(model)  # under torchrun: DDP, gradients averaged across ranks in backward
     step = single_step(net, member.features, label.task, plan.autocast(), soft, temperature, each)
+    lam = lam if soft is not None else no_distillation
+    if hint is not None:  # distill.hints: + w·L_hint(P(h_s), h_t)
+        step, lam = hint.wrap(step), hint.track(lam)
     return train_loop(phase, step, opt, loader.narrowed(member.features), [Watched(member)], valid, label, plan,
-                      lam if soft is not None else no_distillation, log, ckpt)
+                      lam, log, ckpt)
 
 
 def train_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan,
