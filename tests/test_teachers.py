@@ -146,3 +146,26 @@ def test_resolved_config_of_several_teachers_loads_again(tmp_path):
     again = config_from_dict(yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json"))))
     assert again.teachers is not None and set(again.teachers) == {"pfd", "md"}
     check(again)
+
+
+def test_offline_several_score_columns(tmp_path):
+    import pyarrow.parquet as pq
+    raw = base_config(tmp_path)
+    t = pq.read_table(tmp_path / "train.parquet")
+    p1 = sigmoid(t.column("intent").to_numpy())
+    p2 = np.full(len(p1), 0.3)
+    pq.write_table(t.append_column("s1", [p1]).append_column("s2", [p2]), tmp_path / "train.parquet")
+    raw["distillation"] = {"mode": "offline", "soft_labels": ["s1", "s2"],
+                           "ensemble": {"type": "weights", "weights": {"s1": 3, "s2": 1}}}
+    run = train(config_from_dict(raw), quiet=True)
+    steps = [json.loads(line) for line in (run.path / "steps.jsonl").read_text().splitlines()]
+    first = next(s for s in steps if s["phase"] == "student")
+    assert {"L_d", "L_d:s1", "L_d:s2"} <= set(first)
+    # each column is read as logits, one per column
+    from distill.data.dataset import load_splits
+    splits = load_splits(config_from_dict(raw))
+    assert splits.train.soft.shape == (len(p1), 2)
+    assert torch.allclose(splits.train.soft[:, 1], torch.full((len(p1),), float(logit(np.float32(0.3)))), atol=1e-4)
+    raw["distillation"]["ensemble"] = {"type": "gate"}
+    with pytest.raises(DistillError, match="'gate' needs teachers"):
+        check(config_from_dict(raw))

@@ -89,3 +89,11 @@ def _schedule(lam: Lambda) -> Callable[[int], float]:
         return lam
     value = float(lam)
     return lambda step: value
+
+
+def train_single_each(student: Member, soft: Callable[[Batch], torch.Tensor], each: dict[str, Callable[[Batch], torch.Tensor]],
+                      loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *, lam: Lambda,
+                      temperature: float = 1.0, log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
+    """offline with distillation.soft_labels: the student against the combined columns, each column's L_d logged."""
+    return train_single(student, loader, valid, label, plan, "student", soft=soft, lam=_schedule(lam),
+                        temperature=temperature, log=log, ckpt=ckpt, each=each)

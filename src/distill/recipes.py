@@ -79,6 +79,8 @@ def _refuse_others(cfg: Config) -> list[str]:
     """The options that only one mode uses, set in another mode."""
     d, mode = cfg.distillation, cfg.distillation.mode
     warnings = [f"distillation.soft_label is ignored in mode '{mode}'"] if mode != "offline" and d.soft_label else []
+    if mode != "offline" and d.soft_labels:
+        warnings.append(f"distillation.soft_labels is ignored in mode '{mode}'")
     if d.teacher_checkpoint and mode != "async":
         raise DistillError("distillation.teacher_checkpoint: only mode 'async' starts from a trained teacher")
     if d.share_embeddings and mode != "sync":
@@ -146,8 +148,26 @@ def check_many_unsupported(cfg: Config) -> None:
 
 def check_offline(cfg: Config) -> list[str]:
     check_many_unsupported(cfg)
-    if cfg.distillation.hint is not None:
+    d = cfg.distillation
+    if d.hint is not None:
         raise DistillError("distillation.hint: mode 'offline' has scores, not a teacher's hidden layer (use sync or async)")
+    if d.soft_labels is not None:  # several teachers' scores, one column each, combined by distillation.ensemble
+        if d.soft_label:
+            raise DistillError("distillation: set either 'soft_label' (one column) or 'soft_labels' (several), not both")
+        if len(d.soft_labels) < 2:
+            raise DistillError("distillation.soft_labels: name at least two columns (one is distillation.soft_label)")
+        if cfg.data.streaming:
+            raise DistillError("distillation.soft_labels: several score columns are read in memory only (data.streaming is on)")
+        if d.ensemble.type == "gate":
+            raise DistillError("distillation.ensemble.type: 'gate' needs teachers to train with; offline combines "
+                               "score columns by 'mean' or 'weights'")
+        if d.ensemble.type == "weights":
+            for c in d.soft_labels:
+                if c not in d.ensemble.weights:
+                    raise DistillError(f"distillation.ensemble.weights: no weight for column '{c}' (one per soft_labels column)")
+            if sum(d.ensemble.weights.values()) <= 0 or min(d.ensemble.weights.values()) < 0:
+                raise DistillError("distillation.ensemble.weights: weights must be at least 0, and one above 0")
+        return _refuse_others(cfg)
     if not cfg.distillation.soft_label:
         raise DistillError("distillation.soft_label: mode 'offline' needs the column that holds the teacher's score")
     return _refuse_others(cfg)
@@ -296,6 +316,18 @@ def train_async(ctx: Context) -> None:
 
 def train_offline(ctx: Context) -> None:
     s = ctx.members["student"]
+    cols = ctx.cfg.distillation.soft_labels
+    if cols:  # several score columns: their logits combined as several teachers' are (distill.ensemble)
+        from distill.ensemble import combine
+        e = ctx.cfg.distillation.ensemble
+        w = torch.tensor([float(e.weights[c]) if e.type == "weights" else 1.0 for c in cols])
+        w = w / w.sum()
+        each = {c: (lambda batch, k=k: batch.soft[:, k]) for k, c in enumerate(cols)}
+        ctx.phase("student", lambda: phases.train_single_each(s, lambda batch: combine(batch.soft.movedim(1, 0), w), each,
+                                                              ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                                              temperature=ctx.cfg.distillation.temperature,
+                                                              log=ctx.log, ckpt=ctx.ckpt))
+        return train_baseline(ctx)
     ctx.phase("student", lambda: phases.fit_student(s, lambda batch: batch.soft, ctx.loader, ctx.valid, ctx.label,
                                                     ctx.plan, lam=ctx.lam, temperature=ctx.cfg.distillation.temperature,
                                                     log=ctx.log, ckpt=ctx.ckpt))
