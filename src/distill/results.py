@@ -315,8 +315,8 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     roles = [r for r in ("teacher", "baseline", "student") if r in summary]
     rows = [[role if role != "teacher" or "teachers" not in summary else "ensemble"] +
             [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names] for role in roles]
-    for name, stats in summary.get("teachers", {}).items():  # several teachers: each one, before the ensemble
-        rows.insert(0, [name] + [f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m in stats else "–" for m in names])
+    rows = [[name] + [f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m in stats else "–" for m in names]
+            for name, stats in summary.get("teachers", {}).items()] + rows  # several teachers: each one, before the ensemble
     if v.get("metrics"):
         rows.append(["**gain** (student − baseline)"] + [interval_text(v["metrics"][m]) for m in names])
         rows.append(["verdict"] + [v["metrics"][m]["verdict"] or "–" for m in names])
