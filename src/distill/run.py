@@ -6,7 +6,8 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     schema.json          features (serving / privileged), task, label classes
     encoders.json        fitted vocabularies and statistics: serving needs no training data
     teacher.safetensors  student.safetensors  baseline.safetensors
-    metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}}
+                         (several teachers: teacher.<name>.safetensors each, gate.safetensors for a gated ensemble)
+    metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}} (several: "teacher:<name>", "ensemble")
     steps.jsonl          one line per step: phase, step, epoch, λ, lr, L_s, L_d, L_t, loss
     events.out.tfevents.* the same curves and the validation metrics for TensorBoard
     evals.jsonl          validation metrics at each evaluation
