@@ -288,8 +288,9 @@ def build_ensemble(cfg: Config, encoders: Encoders, teachers: list[Member]) -> M
     e = cfg.distillation.ensemble
     gate = None
     if e.type == "gate":
-        torch.manual_seed(cfg.train.seed + 99)
-        gate = Gate(len(teachers), encoders.label.out_dim, e.hidden)
+        with torch.random.fork_rng(devices=[]):  # the gate's init leaves the teachers' and student's RNG stream alone
+            torch.manual_seed(cfg.train.seed + 99)
+            gate = Gate(len(teachers), encoders.label.out_dim, e.hidden)
     module = Ensemble(teachers, fixed_weights(cfg, [t.name for t in teachers]), gate)
     return Member("ensemble", "ensemble", module, union([t.features for t in teachers], [f.name for f in cfg.features]))
 
