@@ -33,8 +33,13 @@ def summarize(per_seed: list[dict[str, Any]], split: str, primary: str | None = 
               predictions: list[dict[str, np.ndarray] | None] | None = None, task: str | None = None) -> dict[str, Any]:
     """Aggregate the metrics.json of each seed into compare.json's shape; `verdict` holds the paired
     gain's 95% interval, the verdict word and the gap closed per metric (distill.results)."""
+    many = [r for r in per_seed[0] if r.startswith("teacher:")]  # several teachers: the ensemble is the reference
+    per_seed = [results.with_reference(s) for s in per_seed]
+    predictions = [results.with_reference(p) for p in predictions] if predictions else predictions
     roles = [r for r in ("teacher", "baseline", "student") if r in per_seed[0]]
     out: dict[str, Any] = {"split": split, "seeds": len(per_seed)}
+    if many:
+        out["teachers"] = {r: {m: _stats([s[r][split][m] for s in per_seed]) for m in per_seed[0][r][split]} for r in many}
     for role in roles:
         names = per_seed[0][role][split].keys()
         out[role] = {m: _stats([s[role][split][m] for s in per_seed]) for m in names}

@@ -80,6 +80,23 @@ class ScheduleConfig(Strict):
     steps: int = Field(default=0, ge=0)
 
 
+class EnsembleConfig(Strict):
+    """How several teachers' logits become one soft label (README, "Several teachers")."""
+    type: Literal["mean", "weights", "gate"] = "mean"
+    weights: dict[str, float] = Field(default_factory=dict)  # type weights: teacher name -> weight (normalised)
+    hidden: int = Field(default=16, gt=0)  # type gate: width of the gate's one hidden layer
+
+
+class HintConfig(Strict):
+    """Hint (FitNets) distillation: the student's last hidden layer pulled toward the teacher's
+    through a training-only projection (README, "Hint distillation")."""
+    weight: float = Field(default=0.1, ge=0.0)
+    loss: Literal["mse", "cosine"] = "mse"
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    layer: str | None = None  # a module of the student whose output is h_s (default: its last hidden layer)
+    teacher_layer: str | None = None  # the same for the teacher
+
+
 class DistillationConfig(Strict):
     mode: Literal["sync", "async", "offline", "none"] = "sync"
     weight: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -110,6 +127,9 @@ class DistillationConfig(Strict):
             if any(v < 0 for v in w.values()) or not any(v > 0 for v in w.values()):
                 raise ValueError("loss_weights: weights must be >= 0 and one of them > 0")
         return self
+    soft_labels: list[str] | None = None  # offline with several teachers: one score column each
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    hint: HintConfig | None = None
 
     @model_validator(mode="after")
     def _resolve_weight(self) -> "DistillationConfig":
@@ -157,11 +177,17 @@ class TrainConfig(Strict):
     tf32: bool = False  # float32 matrix products in TensorFloat-32 on CUDA (opt-in: 10-bit mantissa)
 
 
+def default_teacher() -> ModelConfig:
+    return ModelConfig(model="dnn", hidden=[512, 256, 128])
+
+
 class Config(Strict):
     data: DataConfig
     task: TaskConfig
     features: list[FeatureConfig]
-    teacher: ModelConfig = Field(default_factory=lambda: ModelConfig(model="dnn", hidden=[512, 256, 128]))
+    teacher: ModelConfig = Field(default_factory=lambda: default_teacher())
+    # several teachers by name (README, "Several teachers"); `teacher` is the one-teacher shorthand
+    teachers: dict[str, ModelConfig] | None = None
     student: ModelConfig = Field(default_factory=ModelConfig)
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -178,6 +204,15 @@ class Config(Strict):
                 raise ValueError(f"feature '{f.name}' is also the task's label or weight column")
         if not self.features:
             raise ValueError("at least one feature is needed")
+        if self.teachers is not None:
+            # the resolved config (config.yaml) carries the default `teacher` section: that one is no clash
+            if "teacher" in self.model_fields_set and self.teacher != default_teacher():
+                raise ValueError("set either 'teacher' (one teacher) or 'teachers' (several, by name), not both")
+            if len(self.teachers) < 2:
+                raise ValueError("teachers: name at least two teachers (one teacher is the 'teacher' section)")
+            for n in self.teachers:
+                if not n.replace("_", "").replace("-", "").isalnum():
+                    raise ValueError(f"teachers: the name '{n}' must be letters, digits, '_' or '-' (it names a file)")
         if not any(not f.privileged for f in self.features):
             raise ValueError("every feature is privileged: the student would have nothing to serve on")
         return self

@@ -47,9 +47,9 @@ Lambda = float | Callable[[int], float]  # λ, or λ as a function of the optimi
 
 
 def fit_teacher(teacher: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
-                log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
-    """The teacher alone on the labels (async's first phase)."""
-    return train_single(teacher, loader, valid, label, plan, "teacher", log=log, ckpt=ckpt)
+                log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "teacher") -> dict:
+    """The teacher alone on the labels (async's first phase; one phase per teacher with `teachers:`)."""
+    return train_single(teacher, loader, valid, label, plan, phase, log=log, ckpt=ckpt)
 
 
 def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", log: RunLog | None = None) -> torch.Tensor:
@@ -65,13 +65,24 @@ def cache_teacher_logits(teacher: Member, loader, *, precision: str = "fp32", lo
 def fit_student(student: Member, soft: torch.Tensor | Callable[[Batch], torch.Tensor], loader,
                 valid: Encoded | None, label: LabelEncoder, plan: Plan, *, lam: Lambda, temperature: float = 1.0,
                 log: RunLog | None = None, ckpt: Checkpoints | None = None, phase: str = "student",
-                term: DistillTerm | None = None) -> dict:
+                term: DistillTerm | None = None, each_teacher: dict[str, torch.Tensor] | None = None,
+                hint=None) -> dict:
     """The student against given soft labels: `soft` is the cached logits of every training row
     (`cache_teacher_logits`) or a function of the batch (offline: `lambda batch: batch.soft`).
-    `term`: a within-group distillation term (training/ranking.py term_of); None: pointwise."""
+    `term`: a within-group distillation term (training/ranking.py term_of); None: pointwise.
+    `each_teacher` (several teachers, `soft` their mix): each one's cached logits, to log L_d:<name>."""
     soft_of = from_cache(soft) if isinstance(soft, torch.Tensor) else soft
+    each = {n: from_cache(c) for n, c in each_teacher.items()} if each_teacher else None
     return train_single(student, loader, valid, label, plan, phase, soft=soft_of, lam=_schedule(lam),
-                        temperature=temperature, log=log, ckpt=ckpt, term=term)
+                        temperature=temperature, log=log, ckpt=ckpt, term=term, each=each, hint=hint)
+
+
+def fit_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
+             log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
+    """async with ensemble type gate: the gate alone, on the teachers' cached logits (K, N[, C]) and
+    the hard labels; the teachers stay frozen (distill.ensemble)."""
+    from distill.training.single import train_gate
+    return train_gate(ensemble, caches, loader, valid, label, plan, log=log, ckpt=ckpt)
 
 
 def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
@@ -82,9 +93,10 @@ def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEn
 
 def fit_together(teacher: Member, student: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
                  lam: Lambda, temperature: float = 1.0, log: RunLog | None = None,
-                 ckpt: Checkpoints | None = None, term: DistillTerm | None = None) -> dict:
-    """Teacher and student in one loop, one optimizer step for both (sync)."""
-    return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt, term)
+                 ckpt: Checkpoints | None = None, term: DistillTerm | None = None, hint=None) -> dict:
+    """Teacher and student in one loop, one optimizer step for both (sync). `hint`: distill.hints."""
+    return train_sync(teacher, student, loader, valid, label, plan, _schedule(lam), temperature, log, ckpt, term,
+                      hint=hint)
 
 
 @dataclass
@@ -160,3 +172,11 @@ def _schedule(lam: Lambda) -> Callable[[int], float]:
         return lam
     value = float(lam)
     return lambda step: value
+
+
+def train_single_each(student: Member, soft: Callable[[Batch], torch.Tensor], each: dict[str, Callable[[Batch], torch.Tensor]],
+                      loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *, lam: Lambda,
+                      temperature: float = 1.0, log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
+    """offline with distillation.soft_labels: the student against the combined columns, each column's L_d logged."""
+    return train_single(student, loader, valid, label, plan, "student", soft=soft, lam=_schedule(lam),
+                        temperature=temperature, log=log, ckpt=ckpt, each=each)

@@ -84,6 +84,8 @@ def _refuse_others(cfg: Config) -> list[str]:
     """The options that only one mode uses, set in another mode."""
     d, mode = cfg.distillation, cfg.distillation.mode
     warnings = [f"distillation.soft_label is ignored in mode '{mode}'"] if mode != "offline" and d.soft_label else []
+    if mode != "offline" and d.soft_labels:
+        warnings.append(f"distillation.soft_labels is ignored in mode '{mode}'")
     if d.teacher_checkpoint and mode != "async":
         raise DistillError("distillation.teacher_checkpoint: only mode 'async' starts from a trained teacher")
     if d.share_embeddings and mode != "sync":
@@ -97,7 +99,41 @@ def _refuse_others(cfg: Config) -> list[str]:
     return warnings
 
 
+def _check_teachers(cfg: Config) -> list[str] | None:
+    """Several teachers (`teachers:`): each one's features, the ensemble's weights. None with one teacher."""
+    e = cfg.distillation.ensemble
+    if cfg.teachers is None:
+        if e.type != "mean" or e.weights:
+            return ["distillation.ensemble is ignored with one teacher (name several under 'teachers:')"]
+        return None
+    for name in schema.teacher_sections(cfg):
+        schema.model_features(cfg, name)
+    if e.type == "weights":
+        for n in cfg.teachers:
+            if n not in e.weights:
+                raise DistillError(f"distillation.ensemble.weights: no weight for teacher '{n}' (give one per name under 'teachers:')")
+        for n, w in e.weights.items():
+            if n not in cfg.teachers:
+                raise DistillError(f"distillation.ensemble.weights: '{n}' is not a teacher (teachers: {', '.join(cfg.teachers)})")
+            if w < 0:
+                raise DistillError(f"distillation.ensemble.weights.{n}: must be at least 0, not {w}")
+        if sum(e.weights.values()) <= 0:
+            raise DistillError("distillation.ensemble.weights: at least one weight must be above 0")
+    elif e.weights:
+        raise DistillError(f"distillation.ensemble.weights: only ensemble type 'weights' uses them (the type is '{e.type}')")
+    if cfg.distillation.share_embeddings:
+        raise DistillError("distillation.share_embeddings: with several teachers no table is shared (use one 'teacher:')")
+    if cfg.distillation.hint is not None:
+        raise DistillError("distillation.hint: pulls toward one teacher's hidden layer; with 'teachers:' it is not supported yet")
+    if cfg.distillation.teacher_checkpoint:
+        raise DistillError("distillation.teacher_checkpoint: starts from one trained teacher; with 'teachers:' each is trained here")
+    return _refuse_others(cfg)
+
+
 def check_sync(cfg: Config) -> list[str]:
+    many = _check_teachers(cfg)
+    if many is not None and cfg.teachers is not None:
+        return many
     schema.model_features(cfg, "teacher")
     warnings = _refuse_others(cfg)
     if cfg.distillation.share_embeddings and cfg.teacher.embedding_dim != cfg.student.embedding_dim:
@@ -105,10 +141,13 @@ def check_sync(cfg: Config) -> list[str]:
             "distillation.share_embeddings: teacher.embedding_dim and student.embedding_dim differ "
             f"({cfg.teacher.embedding_dim} vs {cfg.student.embedding_dim}); shared tables need one size"
         )
-    return warnings + schema.teacher_warnings(cfg)
+    return (many or []) + warnings + schema.teacher_warnings(cfg)
 
 
 def check_async(cfg: Config) -> list[str]:
+    many = _check_teachers(cfg)
+    if many is not None and cfg.teachers is not None:
+        return many
     schema.model_features(cfg, "teacher")
     warnings = _refuse_others(cfg)
     if (cfg.distillation.cross_fit or 1) > 1:
@@ -117,16 +156,45 @@ def check_async(cfg: Config) -> list[str]:
                                "cross-fitting trains its own K teachers, so set one of the two")
         if cfg.data.streaming:
             raise DistillError("distillation.cross_fit: needs the training split in memory (data.streaming is on)")
-    return warnings + schema.teacher_warnings(cfg)
+    return (many or []) + warnings + schema.teacher_warnings(cfg)
+
+
+def check_many_unsupported(cfg: Config) -> None:
+    if cfg.teachers is not None:
+        raise DistillError(f"teachers: mode '{cfg.distillation.mode}' trains no teacher (several teachers need mode sync or async)")
 
 
 def check_offline(cfg: Config) -> list[str]:
+    check_many_unsupported(cfg)
+    d = cfg.distillation
+    if d.hint is not None:
+        raise DistillError("distillation.hint: mode 'offline' has scores, not a teacher's hidden layer (use sync or async)")
+    if d.soft_labels is not None:  # several teachers' scores, one column each, combined by distillation.ensemble
+        if d.soft_label:
+            raise DistillError("distillation: set either 'soft_label' (one column) or 'soft_labels' (several), not both")
+        if len(d.soft_labels) < 2:
+            raise DistillError("distillation.soft_labels: name at least two columns (one is distillation.soft_label)")
+        if cfg.data.streaming:
+            raise DistillError("distillation.soft_labels: several score columns are read in memory only (data.streaming is on)")
+        if d.ensemble.type == "gate":
+            raise DistillError("distillation.ensemble.type: 'gate' needs teachers to train with; offline combines "
+                               "score columns by 'mean' or 'weights'")
+        if d.ensemble.type == "weights":
+            for c in d.soft_labels:
+                if c not in d.ensemble.weights:
+                    raise DistillError(f"distillation.ensemble.weights: no weight for column '{c}' (one per soft_labels column)")
+            if sum(d.ensemble.weights.values()) <= 0 or min(d.ensemble.weights.values()) < 0:
+                raise DistillError("distillation.ensemble.weights: weights must be at least 0, and one above 0")
+        return _refuse_others(cfg)
     if not cfg.distillation.soft_label:
         raise DistillError("distillation.soft_label: mode 'offline' needs the column that holds the teacher's score")
     return _refuse_others(cfg)
 
 
 def check_none(cfg: Config) -> list[str]:
+    check_many_unsupported(cfg)
+    if cfg.distillation.hint is not None:
+        raise DistillError("distillation.hint: mode 'none' has no teacher to take a hint from")
     return _refuse_others(cfg)
 
 
@@ -145,15 +213,102 @@ def share(ctx: Context) -> None:
     ctx.log.info(f"sharing embedding tables: {', '.join(ctx.info['shared_tables']) or 'none'}")
 
 
-def train_sync(ctx: Context) -> None:
-    t, s = ctx.members["teacher"], ctx.members["student"]
-    ctx.phase("sync", lambda: phases.fit_together(t, s, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                                  temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
-                                                  term=ranking.term_of(ctx.cfg, ctx.loader)))
+def teachers_of(ctx: Context) -> list[Member]:
+    return [m for n, m in ctx.members.items() if n.startswith("teacher:")]
+
+
+def train_sync_many(ctx: Context) -> None:
+    """sync with `teachers:`: every teacher, the gate (if any) and the student in one loop (training/teachers.py)."""
+    from distill.training.teachers import train_ensemble_sync
+    ens, s = ctx.members["ensemble"], ctx.members["student"]
+    ctx.phase("sync", lambda: train_ensemble_sync(teachers_of(ctx), ens.module, s, ctx.loader, ctx.valid, ctx.label,
+                                                  ctx.plan, ctx.lam, ctx.cfg.distillation.temperature, ctx.log,
+                                                  ctx.ckpt, ensemble_member=ens))
     train_baseline(ctx)
 
 
+def train_async_many(ctx: Context) -> None:
+    """async with `teachers:`: each teacher alone (a phase each), their logits cached, the gate (if
+    any) on those, then the student against the combined logits."""
+    ens, s = ctx.members["ensemble"], ctx.members["student"]
+    for t in teachers_of(ctx):
+        ctx.log.info(f"async: training {t.name}")
+        ctx.phase(t.name, lambda t=t: phases.fit_teacher(t, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log,
+                                                          ckpt=ctx.ckpt, phase=t.name))
+
+    def student() -> dict:
+        t0 = time.perf_counter()
+        caches = torch.stack([phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
+                              for t in teachers_of(ctx)])  # (K, N[, C])
+        summary: dict = {}
+        if ens.module.gate is not None:
+            ctx.log.info("async: training the gate over the cached teacher logits")
+            summary["gate"] = phases.fit_gate(ens, caches, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log)
+        with torch.no_grad():
+            mixed = torch.cat([ens.module.mix(caches[:, i:i + 65536]) for i in range(0, caches.shape[1], 65536)])
+        soft_seconds = time.perf_counter() - t0
+        ctx.log.info(f"async: ensemble soft labels cached in {soft_seconds:.2f}s; training the student")
+        each = {t.name.removeprefix("teacher:"): caches[k] for k, t in enumerate(teachers_of(ctx))}
+        summary |= phases.fit_student(s, mixed, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                      temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                      each_teacher=each)
+        return summary | {"soft_label_seconds": soft_seconds}
+
+    ctx.phase("student", student)
+    train_baseline(ctx)
+
+
+def train_sync(ctx: Context) -> None:
+    if "ensemble" in ctx.members:
+        return train_sync_many(ctx)
+    t, s = ctx.members["teacher"], ctx.members["student"]
+
+    def together() -> dict:
+        hint = sync_hint(ctx, t, s)
+        try:
+            return phases.fit_together(t, s, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                       temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt, hint=hint,
+                                       term=ranking.term_of(ctx.cfg, ctx.loader))
+        finally:
+            if hint is not None:
+                hint.close()  # the hooks go: the models served later run exactly their own forward
+
+    ctx.phase("sync", together)
+    train_baseline(ctx)
+
+
+def _probe(ctx: Context, m: Member):
+    """One training batch with `m`'s features (sizes the hint's projection)."""
+    return next(iter(ctx.loader.narrowed(m.features).ordered())).select(m.features)
+
+
+def sync_hint(ctx: Context, t: Member, s: Member):
+    """distillation.hint in sync: h_t is read live from the teacher's forward in the same step."""
+    h = ctx.cfg.distillation.hint
+    if h is None:
+        return None
+    from distill import hints
+    dim = hints.teacher_dim(t.module, h.teacher_layer, _probe(ctx, t))
+    t_capture = hints.Capture(t.module, h.teacher_layer, "distillation.hint.teacher_layer")
+    hint = hints.make(ctx.cfg, s.module, dim, _probe(ctx, s), lambda batch: t_capture.value)
+    hint.teacher_capture = t_capture
+    return hint
+
+
+def async_hint(ctx: Context, t: Member, s: Member):
+    """distillation.hint in async: h_t of every training row cached once from the frozen teacher."""
+    h = ctx.cfg.distillation.hint
+    if h is None:
+        return None
+    from distill import hints
+    from distill.training.asynchronous import from_cache
+    cache = hints.cache_hidden(t.module, h.teacher_layer, ctx.loader, t.features)  # (N, H_t)
+    return hints.make(ctx.cfg, s.module, cache.shape[1], _probe(ctx, s), from_cache(cache))
+
+
 def train_async(ctx: Context) -> None:
+    if "ensemble" in ctx.members:
+        return train_async_many(ctx)
     t, s = ctx.members["teacher"], ctx.members["student"]
     if not ctx.cfg.distillation.teacher_checkpoint:
         ctx.log.info("async: training the teacher")
@@ -172,9 +327,14 @@ def train_async(ctx: Context) -> None:
             cache = phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
         soft_seconds = time.perf_counter() - t0
         ctx.log.info(f"async: teacher soft labels cached in {soft_seconds:.2f}s; training the student")
-        summary = phases.fit_student(s, cache, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                     temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
-                                     term=ranking.term_of(ctx.cfg, ctx.loader))
+        hint = async_hint(ctx, t, s)
+        try:
+            summary = phases.fit_student(s, cache, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                         temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                         term=ranking.term_of(ctx.cfg, ctx.loader), hint=hint)
+        finally:
+            if hint is not None:
+                hint.close()
         return summary | {"soft_label_seconds": soft_seconds}
 
     ctx.phase("student", student)
@@ -229,6 +389,18 @@ def _saved_cross_fit(ctx: Context, held: dict[str, Any]) -> torch.Tensor:
 
 def train_offline(ctx: Context) -> None:
     s = ctx.members["student"]
+    cols = ctx.cfg.distillation.soft_labels
+    if cols:  # several score columns: their logits combined as several teachers' are (distill.ensemble)
+        from distill.ensemble import combine
+        e = ctx.cfg.distillation.ensemble
+        w = torch.tensor([float(e.weights[c]) if e.type == "weights" else 1.0 for c in cols])
+        w = w / w.sum()
+        each = {c: (lambda batch, k=k: batch.soft[:, k]) for k, c in enumerate(cols)}
+        ctx.phase("student", lambda: phases.train_single_each(s, lambda batch: combine(batch.soft.movedim(1, 0), w), each,
+                                                              ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                                              temperature=ctx.cfg.distillation.temperature,
+                                                              log=ctx.log, ckpt=ctx.ckpt))
+        return train_baseline(ctx)
     ctx.phase("student", lambda: phases.fit_student(s, lambda batch: batch.soft, ctx.loader, ctx.valid, ctx.label,
                                                     ctx.plan, lam=ctx.lam, temperature=ctx.cfg.distillation.temperature,
                                                     log=ctx.log, ckpt=ctx.ckpt, term=ranking.term_of(ctx.cfg, ctx.loader)))
@@ -258,6 +430,9 @@ def recipe(cfg: Config) -> Recipe:
 def members(cfg: Config) -> list[str]:
     """The names of the models a run of `cfg` builds, in build order (teacher, student, baseline)."""
     names = list(recipe(cfg).models)
+    if cfg.teachers is not None and "teacher" in names:  # several teachers: teacher:<name> each, in config order
+        at = names.index("teacher")
+        names[at:at + 1] = list(schema.teacher_sections(cfg))
     if cfg.train.baseline and "baseline" not in names:
         names.append("baseline")
     return names
@@ -271,4 +446,9 @@ def role_of(name: str) -> str:
 def check(cfg: Config) -> list[str]:
     """The schema's rules, then the mode's; returns the warnings."""
     from distill import device  # train.device, precision, sparse_embeddings under NCCL
+    if cfg.teachers is not None:  # the several-teacher paths make a pointwise L_d from in-memory cached logits
+        if cfg.distillation.loss != "pointwise" or cfg.distillation.loss_weights:
+            raise DistillError("distillation.loss: within-group losses work with one teacher; with `teachers:` use pointwise")
+        if (cfg.distillation.cross_fit or 1) > 1:
+            raise DistillError("distillation.cross_fit: works with one teacher; with `teachers:` leave it unset")
     return schema.check(cfg) + recipe(cfg).check(cfg) + device.check(cfg.train) + ranking.check(cfg)

@@ -313,7 +313,10 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     left_out = v.get("left_out", {})
     names = [m for m in summary["student"] if m not in left_out]
     roles = [r for r in ("teacher", "baseline", "student") if r in summary]
-    rows = [[role] + [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names] for role in roles]
+    rows = [[role if role != "teacher" or "teachers" not in summary else "ensemble"] +
+            [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names] for role in roles]
+    rows = [[name] + [f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m in stats else "–" for m in names]
+            for name, stats in summary.get("teachers", {}).items()] + rows  # several teachers: each one, before the ensemble
     if v.get("metrics"):
         rows.append(["**gain** (student − baseline)"] + [interval_text(v["metrics"][m]) for m in names])
         rows.append(["verdict"] + [v["metrics"][m]["verdict"] or "–" for m in names])
@@ -356,7 +359,8 @@ def metric_rows(metrics: dict[str, dict[str, dict[str, Any]]], bold: tuple[str, 
     names = [n for n in names if any(_finite(row.get(n)) for by_split in metrics.values() for row in by_split.values())]
     rows = []
     for split in splits:
-        for role in ("teacher", "student", "baseline"):
+        many = [r for r in metrics if r.startswith("teacher:")] + (["ensemble"] if "ensemble" in metrics else [])
+        for role in (*many, "teacher", "student", "baseline"):
             row = metrics.get(role, {}).get(split)
             if row is None:
                 continue
@@ -379,4 +383,12 @@ def run_verdict(run_dir: Path, metrics: dict[str, Any], primary: str, task: str)
     """The verdict of one `train` run: a paired bootstrap over its test predictions ({} without a baseline)."""
     if "student" not in metrics or "baseline" not in metrics or "test" not in metrics["student"]:
         return {}
-    return verdicts([metrics], "test", primary, [read_predictions(run_dir)], task)
+    return verdicts([with_reference(metrics)], "test", primary, [with_reference(read_predictions(run_dir))], task)
+
+
+def with_reference(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Several teachers: the gap closed is against their ensemble, so "ensemble" stands as the
+    reference ("teacher") in the verdict; each teacher:<name> stays beside it."""
+    if d is None or "ensemble" not in d:
+        return d
+    return {**d, "teacher": d["ensemble"]}

@@ -6,7 +6,8 @@ Run directory (written under `<output>.partial` and renamed when complete, so it
     schema.json          features (serving / privileged), task, label classes
     encoders.json        fitted vocabularies and statistics: serving needs no training data
     teacher.safetensors  student.safetensors  baseline.safetensors
-    metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}}
+                         (several teachers: teacher.<name>.safetensors each, gate.safetensors for a gated ensemble)
+    metrics.json         {"teacher": {split: {...}}, "student": {...}, "baseline": {...}} (several: "teacher:<name>", "ensemble")
     steps.jsonl          one line per step: phase, step, epoch, λ, lr, L_s, L_d, L_t, loss
     events.out.tfevents.* the same curves and the validation metrics for TensorBoard
     evals.jsonl          validation metrics at each evaluation
@@ -60,14 +61,17 @@ def feature_infos(encoders: Encoders, names: list[str]) -> tuple[FeatureInfo, ..
 
 def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Module, list[str]]:
     """Build the teacher or the student (the baseline is a student) with its own seeded init."""
-    section = "teacher" if role == "teacher" else "student"
-    names = [f.name for f in schema.model_features(cfg, section)]
-    torch.manual_seed(seed + (0 if role == "teacher" else 1))  # baseline and student start identical
+    section, mc = schema.section_of(cfg, role)  # teacher:<name> is built from teachers.<name>
+    names = [f.name for f in schema.model_features(cfg, role if role.startswith("teacher") else "student")]
+    offset = 0 if role == "teacher" else 1  # baseline and student start identical
+    if role.startswith("teacher:"):  # several teachers: each its own init, none equal to the student's
+        offset = 100 + list(cfg.teachers).index(role.removeprefix("teacher:"))
+    torch.manual_seed(seed + offset)
     try:
-        model = build_model(getattr(cfg, section), feature_infos(encoders, names), encoders.label.out_dim,
+        model = build_model(mc, feature_infos(encoders, names), encoders.label.out_dim,
                             sparse=cfg.train.sparse_embeddings)
     except (ValueError, TypeError) as e:
-        raise DistillError(f"{section}.model '{getattr(cfg, section).model}': {e}") from None
+        raise DistillError(f"{section}.model '{mc.model}': {e}") from None
     return model, names
 
 
@@ -157,8 +161,8 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
                 except OSError as e:
                     raise write_failed(partial / "steps.jsonl", e) from None
             except DistillError as e:  # the disk filled up (or failed) with training done
-                for name in RUN_FILES:  # whole but useless without the rest; the checkpoints hold the models
-                    (partial / name).unlink(missing_ok=True)
+                for name in (*RUN_FILES, *(weights_file(n) or "gate.safetensors" for n in models)):
+                    (partial / name).unlink(missing_ok=True)  # whole but useless without the rest; the checkpoints hold the models
                 if ckpt.files():
                     raise CheckpointError(f"{e}; the trained models are kept in {partial / 'checkpoints'}: "
                                           f"free some space and rerun with --resume {output}") from None
@@ -299,7 +303,31 @@ def build_members(cfg: Config, encoders: Encoders, teacher_run: "Run | None") ->
             members[name] = Member(name, "teacher", teacher_run.models["teacher"], teacher_run.features["teacher"])
         else:
             members[name] = build_member(cfg, encoders, name)
+    if cfg.teachers is not None and any(n.startswith("teacher:") for n in members):
+        members["ensemble"] = build_ensemble(cfg, encoders, [m for n, m in members.items() if n.startswith("teacher:")])
     return members
+
+
+def build_ensemble(cfg: Config, encoders: Encoders, teachers: list[Member]) -> Member:
+    """The teachers combined (distill.ensemble): evaluated as "ensemble", its gate saved as
+    gate.safetensors; it shares the teachers' modules, so it is no model of its own."""
+    from distill.ensemble import Ensemble, Gate, fixed_weights, union
+    e = cfg.distillation.ensemble
+    gate = None
+    if e.type == "gate":
+        with torch.random.fork_rng(devices=[]):  # the gate's init leaves the teachers' and student's RNG stream alone
+            torch.manual_seed(cfg.train.seed + 99)
+            gate = Gate(len(teachers), encoders.label.out_dim, e.hidden)
+    module = Ensemble(teachers, fixed_weights(cfg, [t.name for t in teachers]), gate)
+    return Member("ensemble", "ensemble", module, union([t.features for t in teachers], [f.name for f in cfg.features]))
+
+
+def weights_file(name: str) -> str | None:
+    """Where member `name`'s weights go in the run directory: teacher.safetensors, teacher.<n>.safetensors
+    for teacher:<n>, gate.safetensors for a gated ensemble (the teachers' weights are theirs), or None."""
+    if name == "ensemble":
+        return None
+    return name.replace(":", ".") + ".safetensors"
 
 
 def resume_output(output: Path, cfg: Config) -> Path:
@@ -376,7 +404,10 @@ def _write_run(d: Path, cfg: Config, encoders: Encoders, models: dict[str, nn.Mo
             "privileged": [f.model_dump() for f in schema.privileged(cfg)],
         }, indent=2).encode())),
         ("encoders.json", lambda p: atomic_write(p, json.dumps(encoders.to_dict()).encode())),
-        *((f"{role}.safetensors", lambda p, m=model, r=role: save_checkpoint(m, p, cfg, r)) for role, model in models.items()),
+        *((weights_file(role), lambda p, m=model, r=role: save_checkpoint(m, p, cfg, r)) for role, model in models.items()
+          if weights_file(role)),
+        *(("gate.safetensors", lambda p, m=model.gate: save_checkpoint(m, p, cfg, "gate"))
+          for role, model in models.items() if role == "ensemble" and model.gate is not None),
         ("metrics.json", lambda p: atomic_write(p, json.dumps(results, indent=2).encode())),
         ("run.json", lambda p: atomic_write(p, json.dumps(info, indent=2, default=float).encode())),
     ]
@@ -531,8 +562,9 @@ def load_run(path: str | Path, roles: tuple[str, ...] | list[str] | None = None)
     except (OSError, json.JSONDecodeError, KeyError) as e:
         raise DistillError(f"{path}: the run directory is incomplete or corrupt ({e})") from None
     run = Run(path, cfg, encoders, schema_d, metrics_d)
-    for role in ROLES:
-        f = path / f"{role}.safetensors"
+    many = [n for n in schema.teacher_sections(cfg) if n.startswith("teacher:")]  # several teachers: teacher.<n>.safetensors
+    for role in (*many, *ROLES):
+        f = path / weights_file(role)
         if not f.is_file() or (roles is not None and role not in roles):
             continue
         with torch.random.fork_rng(devices=[]):  # build seeds torch's RNG: leave the caller's as it was

@@ -19,13 +19,31 @@ def privileged(cfg: Config) -> list[FeatureConfig]:
     return [f for f in cfg.features if f.privileged]
 
 
+def teacher_sections(cfg: Config) -> dict[str, ModelConfig]:
+    """The teachers by member name: {"teacher": cfg.teacher}, or {"teacher:<name>": ...} for each of
+    `teachers:` (README, "Several teachers")."""
+    if cfg.teachers is None:
+        return {"teacher": cfg.teacher}
+    return {f"teacher:{n}": mc for n, mc in cfg.teachers.items()}
+
+
+def section_of(cfg: Config, name: str) -> tuple[str, ModelConfig]:
+    """(the key to name in messages, the model section) of member `name`: teacher, teacher:<n>, student, baseline."""
+    if name.startswith("teacher:"):
+        return f"teachers.{name.removeprefix('teacher:')}", cfg.teachers[name.removeprefix("teacher:")]
+    role = "teacher" if name == "teacher" else "student"
+    return role, getattr(cfg, role)
+
+
 def model_features(cfg: Config, role: str) -> list[FeatureConfig]:
-    """The features `role` ("teacher" or "student") reads, in schema order."""
-    mc: ModelConfig = getattr(cfg, role)
+    """The features `role` ("teacher", "teacher:<name>" or "student") reads, in schema order."""
+    key, mc = section_of(cfg, role)
+    is_teacher = role.startswith("teacher")
+    role = key
     by_name = {f.name: f for f in cfg.features}
     sel = mc.features
     if sel is None:
-        sel = "all" if role == "teacher" else "serving"
+        sel = "all" if is_teacher else "serving"
     if sel == "all":
         names = [f.name for f in cfg.features]
     elif sel == "serving":

@@ -36,6 +36,8 @@ def load_splits(cfg: Config, encoders: Encoders | None = None) -> Splits:
         train_t = read_table(cfg.data.train, cfg.data.format)
         encoders = encoders or Encoders.fit(cfg, train_t, cfg.data.train, workers=torch.get_num_threads())
         train = encoders.encode(cfg, train_t, cfg.data.train, soft_label=soft)
+        if cfg.distillation.mode == "offline" and cfg.distillation.soft_labels:  # several teachers' scores
+            train.soft = soft_columns(encoders, train_t, cfg.data.train, cfg.distillation.soft_labels)
         missing = train.missing
         del train_t
     parts: dict[str, Encoded | None] = {}
@@ -45,3 +47,11 @@ def load_splits(cfg: Config, encoders: Encoders | None = None) -> Splits:
     if cfg.data.streaming and not (parts["valid"] or parts["test"]):
         raise DistillError("data.streaming: give a valid or test split to measure the models on")
     return Splits(encoders, train, parts["valid"], parts["test"], missing)
+
+
+def soft_columns(encoders: Encoders, table, where: str, names: list[str]) -> torch.Tensor:
+    """distillation.soft_labels: each column's scores as logits, stacked (N, K) or (N, K, C)."""
+    for n in names:
+        if n not in table.column_names:
+            raise DistillError(f"{where}: distillation.soft_labels: no column '{n}'")
+    return torch.stack([torch.from_numpy(encoders._soft_logits(table.column(n), n, where)) for n in names], dim=1)

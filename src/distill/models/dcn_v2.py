@@ -16,6 +16,7 @@ class DCNv2(nn.Module):
         self.deep = mlp(in_dim, spec.hidden, spec.dropout)
         deep_out = spec.hidden[-1] if spec.hidden else in_dim
         self.over = nn.Linear(in_dim + deep_out, spec.out_dim)
+        self.hint_layer = "over"  # its input, [cross; deep], is the last hidden layer (distill.hints)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields, dense = self.embedding(batch)

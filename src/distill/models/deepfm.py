@@ -21,6 +21,7 @@ class DeepFM(nn.Module):
         n_fields = self.embedding.num_fields + n_num
         self.deep = mlp(n_fields * d, spec.hidden, spec.dropout, spec.out_dim)
         self.fm_out = nn.Linear(1, spec.out_dim, bias=False)  # lets a multiclass head use the FM score
+        self.hint_layer = f"deep.{len(self.deep) - 1}"  # its input is the DNN's last hidden layer (distill.hints)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields, dense = self.embedding(batch)  # (B, F, D), (B, 2N)

@@ -12,6 +12,7 @@ class DNN(nn.Module):
         self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         in_dim = self.embedding.num_fields * spec.embedding_dim + self.embedding.dense_dim
         self.over = mlp(in_dim, spec.hidden, spec.dropout, spec.out_dim)
+        self.hint_layer = f"over.{len(self.over) - 1}"  # its input is the last hidden layer (distill.hints)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields, dense = self.embedding(batch)  # (B, F, D), (B, 2N)

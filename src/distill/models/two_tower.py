@@ -30,6 +30,8 @@ class TwoTower(nn.Module):
         self.user_tower = mlp(len(self.user_sparse) * d + 2 * len(self.user_dense), spec.hidden, spec.dropout, spec.tower_dim)
         self.item_tower = mlp(len(self.item_sparse) * d + 2 * len(self.item_dense), spec.hidden, spec.dropout, spec.tower_dim)
         self.bias = nn.Parameter(torch.zeros(()))
+        # the item tower's last layer: its input is the last hidden layer on the item side (distill.hints)
+        self.hint_layer = f"item_tower.{len(self.item_tower) - 1}"
 
     def tower(self, batch: Batch, sparse: list[str], dense: list[str], net: nn.Module) -> torch.Tensor:
         x = torch.cat([self.embedding.fields(batch, sparse).flatten(1), self.embedding.dense(batch, dense)], dim=1)

@@ -15,6 +15,7 @@ class WideDeep(nn.Module):
         self.wide_dense = nn.Linear(self.wide.dense_dim, spec.out_dim) if self.wide.dense_dim else None
         in_dim = self.embedding.num_fields * spec.embedding_dim + self.embedding.dense_dim
         self.deep = mlp(in_dim, spec.hidden, spec.dropout, spec.out_dim)
+        self.hint_layer = f"deep.{len(self.deep) - 1}"  # its input is the deep part's last hidden layer (distill.hints)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         fields, dense = self.embedding(batch)  # (B, F, D), (B, 2N)

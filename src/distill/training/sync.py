@@ -62,18 +62,21 @@ def sync_step(pair: nn.Module, teacher_features: list[str], student_features: li
 
 def train_sync(teacher: Member, student: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan,
                lam: Callable[[int], float], temperature: float = 1.0, log: RunLog | None = None,
-               ckpt: Checkpoints | None = None, term: DistillTerm | None = None) -> dict:
+               ckpt: Checkpoints | None = None, term: DistillTerm | None = None, hint=None) -> dict:
+    """`hint` (distill.hints.Hint): the hint term added to the step, its projection optimised with the student."""
     t, s = teacher.module, student.module
     # Each model keeps its own best weights; training stops when neither has improved for
     # `patience` evaluations (a teacher still improving keeps teaching). With shared tables the
     # student's best moment holds both models, so the tables they share stay consistent.
     shared = any(p is q for p in t.parameters() for q in s.parameters())
     watched = [Watched(teacher), Watched(student, [t, s] if shared else None)]
-    opt = plan.optimizer(t, s)
+    opt = plan.optimizer(t, s) if hint is None else plan.optimizer(t, s, hint.projection)
     t.train()
     s.train()
     pair = distributed.wrap(Pair(t, s))  # under torchrun: DDP over both models at once
     step = sync_step(pair, teacher.features, student.features, label.task, plan.autocast(), temperature, term)
+    if hint is not None:
+        step, lam = hint.wrap(step), hint.track(lam)
     both = list(dict.fromkeys(teacher.features + student.features))
     summary = train_loop("sync", step, opt, loader.narrowed(both), watched, valid, label, plan, lam, log, ckpt)
     return summary | {"shared_tables": shared}
