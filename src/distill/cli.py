@@ -163,6 +163,28 @@ def compare(config: Path = typer.Argument(..., help="The YAML config."),
 
 @app.command()
 @guarded
+def tune(config: Path = typer.Argument(..., help="The YAML config (its `tune:` section is the search space)."),
+         trials: int = typer.Option(20, help="Finished trials the study should hold (counted across processes and restarts)."),
+         timeout: Optional[float] = typer.Option(None, help="Stop starting trials after this many seconds."),
+         storage: Optional[str] = typer.Option(None, help="Optuna storage: a .journal path or sqlite:///, postgresql://, "
+                                               "mysql:// URL (default: OUTPUT/study.journal)."),
+         study: Optional[str] = typer.Option(None, help="Study name (default: distill)."),
+         output: Optional[Path] = typer.Option(None, help="Where the study, best.yaml, compare.json and tune.md go "
+                                               "(default: the config's `output`/tune)."),
+         seeds: int = typer.Option(3, help="Seeds the best setting is retrained over against the baseline (0: search only)."),
+         set_: Optional[list[str]] = SetOption,
+         quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines.")) -> None:
+    """Search λ, T, the schedule and the mode on validation (trial 0: the baseline), then the best against the baseline on test."""
+    from distill.tune import default_output as tune_output, tune as run_tune
+    cfg = load_config(config, parse_overrides(set_))
+    output = output or tune_output(cfg)
+    run_tune(cfg, trials=trials, timeout=timeout, storage=storage, study_name=study, output=output, seeds=seeds, quiet=quiet)
+    out.print(f"written to [bold]{escape(str(output))}[/]: best.yaml, tune.md, tune.html"
+              + (", compare.json" if seeds else ""))
+
+
+@app.command()
+@guarded
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
              as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),

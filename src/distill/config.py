@@ -181,6 +181,33 @@ def default_teacher() -> ModelConfig:
     return ModelConfig(model="dnn", hidden=[512, 256, 128])
 
 
+Range = tuple[float, float]
+
+
+class TuneConfig(Strict):
+    """`distill tune`'s search space (README, "Tuning: distill tune"). A range is [low, high]
+    (inclusive); a list is the choices; None keeps the config's own value fixed in every trial."""
+
+    # async: one teacher trained and its logits cached, each trial a student's training; sync also
+    # trains a teacher per trial (a teacher's cost), so it is searched only when listed here
+    modes: list[Literal["async", "sync"]] = Field(default_factory=lambda: ["async"], min_length=1)
+    weight: Range = (0.0, 0.95)  # λ
+    temperature: Range | None = (1.0, 8.0)  # searched on a log scale
+    schedules: list[Literal["constant", "delayed", "linear", "cosine"]] = Field(
+        default_factory=lambda: ["constant", "delayed", "linear"], min_length=1)
+    schedule_steps: tuple[int, int] | None = None  # k of delayed/linear/cosine; None: 0 .. half the training's steps
+    lr: Range | None = None  # the student's train.lr, on a log scale; None: train.lr in every trial
+    epochs: tuple[int, int] | None = None  # None: train.epochs in every trial
+    pruning: bool = True  # stop a trial whose validation metric trails the median of earlier ones at that evaluation
+
+    @field_validator("weight", "temperature", "schedule_steps", "lr", "epochs")
+    @classmethod
+    def _ordered(cls, v: Any) -> Any:
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"[low, high] with low ≤ high, got {list(v)}")
+        return v
+
+
 class Config(Strict):
     data: DataConfig
     task: TaskConfig
@@ -192,6 +219,7 @@ class Config(Strict):
     distillation: DistillationConfig = Field(default_factory=DistillationConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: str = "runs/example"
+    tune: TuneConfig | None = None  # read by `distill tune` only; None: its defaults
 
     @model_validator(mode="after")
     def _check_features(self) -> "Config":

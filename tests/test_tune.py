@@ -1,0 +1,192 @@
+"""distill tune: trial 0 is the baseline, a trial costs a student, several processes share one study,
+a killed study resumes without rerunning finished trials, best.yaml reproduces its trial."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import base_config
+from distill.cli import app
+from distill.config import config_from_dict, load_config
+
+optuna = pytest.importorskip("optuna")
+runner = CliRunner()
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _config(tmp_path: Path, **tune) -> Path:
+    raw = base_config(tmp_path, distillation={"mode": "async"}, train={"epochs": 2})
+    if tune:
+        raw["tune"] = tune
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _study(out: Path):
+    from distill.tune import open_storage
+    return optuna.load_study(study_name="distill", storage=open_storage(None, out))
+
+
+def _finished(study):
+    s = optuna.trial.TrialState
+    return [t for t in study.get_trials() if t.state in (s.COMPLETE, s.PRUNED)]
+
+
+def test_trial_zero_is_the_baseline_and_a_trial_costs_only_a_student(tmp_path, monkeypatch):
+    from distill import phases
+    from distill.tune import tune
+    calls = {"fit_teacher": 0, "fit_baseline": 0, "fit_student": 0, "fit_together": 0}
+    for name in calls:
+        real = getattr(phases, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+        monkeypatch.setattr(phases, name, counted)
+    cfg = load_config(_config(tmp_path))
+    out = tmp_path / "tune"
+    tune(cfg, trials=4, seeds=0, output=out, quiet=True)
+    trials = sorted(_study(out).get_trials(), key=lambda t: t.number)
+    assert trials[0].params == {"weight": 0.0} and trials[0].user_attrs["baseline"]
+    assert all(t.params["weight"] > 0 for t in trials[1:])
+    assert calls == {"fit_teacher": 1, "fit_baseline": 1, "fit_student": 3, "fit_together": 0}
+    # the λ = 0 trial's value is the baseline's, not a retrained student's
+    assert trials[0].value == json.loads(next((out / "cache").glob("baseline-*.json")).read_text())["valid"]
+    # resumed in a new process (a new Shared): the teacher and the baseline come from the cache
+    tune(cfg, trials=6, seeds=0, output=out, quiet=True)
+    assert calls["fit_teacher"] == 1 and calls["fit_baseline"] == 1 and calls["fit_student"] == 5
+    assert len(_finished(_study(out))) == 6
+
+
+def test_cli_tune_writes_best_yaml_that_reproduces_its_trial_and_compare_with_verdict(tmp_path):
+    from distill.run import train
+    from distill.tune import best_config
+    path = _config(tmp_path, pruning=False)
+    out = tmp_path / "tune"
+    r = runner.invoke(app, ["tune", str(path), "--trials", "4", "--seeds", "2", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    comp = json.loads((out / "compare.json").read_text())
+    assert comp["verdict"]["metrics"]["auc"]["verdict"] in ("gain", "no gain (within noise)", "harm")
+    assert comp["verdict"]["headline"] in r.output and comp["seeds"] == 2 and "baseline" in comp and "student" in comp
+    for name in ("tune.md", "tune.html", "history.png", "lambda.png", "best.yaml"):
+        assert (out / name).is_file(), name
+    study = _study(out)
+    best = study.best_trial
+    best_cfg = load_config(out / "best.yaml")
+    assert best_cfg.distillation.weight == best.params["weight"] and best_cfg.output == str(out / "best")
+    run = train(best_cfg, quiet=True)
+    role = "student"  # a λ = 0 student is the baseline bit for bit (tests/test_phases.py)
+    assert run.metrics[role]["valid"]["auc"] == best.value
+    # every distilled trial, not only the best: its config trained by `distill train` gives its value
+    cfg = load_config(path)
+    other = next(t for t in study.get_trials() if t.params["weight"] > 0 and t.number != best.number)
+    again = train(best_config(cfg, other.params, tmp_path / "other"), quiet=True)
+    assert again.metrics["student"]["valid"]["auc"] == other.value
+
+
+def test_the_best_being_the_baseline_is_said_plainly(tmp_path):
+    from distill.tune import tune
+    # λ fixed near 1 with T = 8: the student follows a teacher it cannot imitate and trails the baseline
+    cfg = load_config(_config(tmp_path, weight=[0.99, 0.99], temperature=[8.0, 8.0], schedules=["constant"], pruning=False))
+    out = tmp_path / "tune"
+    import io
+    from contextlib import redirect_stdout
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        summary = tune(cfg, trials=2, seeds=0, output=out)
+    if summary["best"]["baseline"]:
+        assert "the student to ship is the baseline" in buf.getvalue()
+        assert "the student to ship is the baseline" in (out / "tune.md").read_text()
+        assert load_config(out / "best.yaml").distillation.weight == 0.0
+    else:  # the distilled trial won: then it is named
+        assert f"best trial {summary['best']['number']}" in buf.getvalue()
+
+
+def _cli(*args, out: Path) -> list[str]:
+    return [sys.executable, "-m", "distill", "tune", *map(str, args), "--output", str(out), "--seeds", "0", "-q"]
+
+
+def _env() -> dict:
+    return os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_two_processes_on_one_storage_share_one_study(tmp_path, storage):
+    path = _config(tmp_path)
+    out = tmp_path / "tune"
+    url = [] if storage == "journal" else ["--storage", f"sqlite:///{tmp_path / 'study.db'}"]
+    procs = [subprocess.Popen(_cli(path, "--trials", 8, *url, out=out), env=_env(), stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    from distill.tune import open_storage
+    study = optuna.load_study(study_name="distill", storage=url[1] if url else open_storage(None, out))
+    finished = _finished(study)
+    numbers = [t.number for t in study.get_trials()]
+    assert len(numbers) == len(set(numbers))
+    # each process stops once the study holds 8 trials finished or under way; at most one each may
+    # have started in the same instant as the other's 8th
+    assert 8 <= len(finished) <= 9
+    owners = {t.user_attrs["owner"] for t in finished}
+    assert len(owners) == 2  # both worked on the one study
+    assert sum(t.params["weight"] == 0.0 for t in finished) == 1  # the baseline enqueued once
+
+
+def test_killed_study_resumes_without_rerunning_finished_trials(tmp_path):
+    path = _config(tmp_path, epochs=[4, 4])  # longer trials: the kill lands mid-trial more often
+    out = tmp_path / "tune"
+    p = subprocess.Popen(_cli(path, "--trials", 7, out=out), env=_env(), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        if (out / "study.journal").is_file() and len(_finished(_study(out))) >= 3:
+            break
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    before = {t.number: (t.value, t.datetime_complete) for t in _finished(_study(out))}
+    assert 1 <= len(before) <= 7  # (on a loaded machine the kill may land late)
+    r = subprocess.run(_cli(path, "--trials", 7, out=out), env=_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    study = _study(out)
+    after = {t.number: (t.value, t.datetime_complete) for t in _finished(study)}
+    assert {n: after[n] for n in before} == before  # finished trials kept as they were, not rerun
+    assert len(after) == 7
+    s = optuna.trial.TrialState
+    assert not [t for t in study.get_trials() if t.state == s.RUNNING]
+    assert len([t for t in study.get_trials() if t.state == s.FAIL]) <= 1  # at most the trial the kill interrupted
+
+
+def test_a_bad_tune_key_is_one_line_naming_it(tmp_path):
+    path = _config(tmp_path, lamda=[0.0, 0.5])
+    r = runner.invoke(app, ["tune", str(path), "--trials", "2"])
+    assert r.exit_code == 2
+    assert "tune.lamda" in r.output and len(r.output.strip().splitlines()) == 1
+    bad = _config(tmp_path, weight=[0.8, 0.2])
+    r = runner.invoke(app, ["tune", str(bad), "--trials", "2"])
+    assert r.exit_code == 2 and "tune.weight" in r.output and "low ≤ high" in r.output
+
+
+def test_without_optuna_one_line_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    r = runner.invoke(app, ["tune", str(_config(tmp_path)), "--trials", "2"])
+    assert r.exit_code == 2 and "pip install 'distill[tune]'" in r.output
+
+
+def test_tune_refuses_a_directory_it_did_not_write(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    r = runner.invoke(app, ["tune", str(_config(tmp_path)), "--trials", "2", "--output", str(out)])
+    assert r.exit_code == 2 and "did not write" in r.output
+    assert (out / "notes.txt").read_text() == "keep me" and not (out / "study.journal").exists()
