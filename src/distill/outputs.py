@@ -171,3 +171,14 @@ def no_space(e: BaseException) -> bool:
     """A full disk, as Python (errno), Arrow or torch (the message only) report it."""
     # torch.jit.save reports it as a RuntimeError with the C library's message
     return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+def write_atomic(path: Path, write) -> None:
+    """`write(tmp)` to a temporary name beside `path`, then rename: the file appears whole or not at all."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # beside it: os.replace stays on one file system
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

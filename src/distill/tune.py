@@ -154,14 +154,7 @@ def _key(cfg: Config, *sections: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # beside it: os.replace stays on one file system
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_atomic = outputs.write_atomic  # (tune_report.py uses it too)
 
 
 class Shared:

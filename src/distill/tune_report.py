@@ -139,7 +139,7 @@ def write_report(study, summary: dict[str, Any], output: Path) -> list[str]:
     rows = [[str(t.number), t.state.name.lower() + (" (baseline)" if t.params.get("weight") == 0.0 else ""),
              _fmt(t.value) if t.value is not None else ""] + [_fmt(t.params.get(k)) for k in keys] for t in trials]
     doc.table(["trial", "state", f"valid {metric}"] + keys, rows)
-    from distill.tune import _atomic
+    from distill.outputs import write_atomic as _atomic
     _atomic(output / "tune.md", lambda p: p.write_text(doc.markdown()))
     _atomic(output / "tune.html", lambda p: p.write_text(doc.html(output, "distill tune")))
     return drawn
