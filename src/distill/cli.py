@@ -110,7 +110,7 @@ NoReportOption = typer.Option(False, "--no-report", metavar="", help="Skip writi
 @app.command()
 @guarded
 def train(config: Path = typer.Argument(..., help="The YAML config."),
-          output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory (default: the config's `output`)."),
           overwrite: bool = typer.Option(False, metavar="", help="Replace an existing run directory (only one distill wrote), "
                                                      "or discard an interrupted run's checkpoints."),
           resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
@@ -135,7 +135,7 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def compare(config: Path = typer.Argument(..., help="The YAML config."),
             seeds: int = typer.Option(5, help="How many seeds (train.seed, train.seed + 1, ...)."),
-            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go "
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where compare.json, compare.md and the runs go "
                                                   "(default: OUTPUT/compare, OUTPUT the config's `output`)."),
             overwrite: bool = typer.Option(False, metavar="", help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
@@ -169,7 +169,7 @@ def tune(config: Path = typer.Argument(..., help="The YAML config (its `tune:` s
          storage: Optional[str] = typer.Option(None, help="Optuna storage: a .journal path or sqlite:///, postgresql://, "
                                                "mysql:// URL (default: OUTPUT/study.journal)."),
          study: Optional[str] = typer.Option(None, help="Study name (default: distill)."),
-         output: Optional[Path] = typer.Option(None, help="Where the study, best.yaml, compare.json and tune.md go "
+         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where the study, best.yaml, compare.json and tune.md go "
                                                "(default: the config's `output`/tune)."),
          seeds: int = typer.Option(3, help="Seeds the best setting is retrained over against the baseline (0: search only)."),
          set_: Optional[list[str]] = SetOption,
@@ -212,7 +212,7 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
 
 @app.command()
 @guarded
-def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's data and runs go."),
+def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Where the demo's data and runs go."),
          seeds: int = typer.Option(3, help="Seeds for the comparison."),
          quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
          no_report: bool = NoReportOption) -> None:
@@ -259,7 +259,7 @@ def report_after(path: Path) -> None:
 @app.command()
 @guarded
 def report(run: Path = typer.Argument(..., help="A run directory, or a compare directory (compare.json and seed_* runs)."),
-           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report); an existing "
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: RUN/report); an existing "
                                                  "directory is replaced only if it is a report distill wrote.")) -> None:
     """Write a readable report of a run: loss terms, λ, validation curves, calibration, gain table (Markdown + HTML)."""
     from distill.report import write_report
@@ -351,8 +351,11 @@ def embed(run: Path = typer.Argument(..., help="A two_tower run directory, or an
     from distill.serving.embed import embed as embed_items
     from distill.serving.load import load_model
     from distill.serving.predict import check_output
+    from distill.serving.scratch import scratch_export, sigterm_exits
     check_output(output)
-    s = embed_items(load_model(run, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
+    # a run is exported to the scratch folder; it and the partial output go on exit, SIGTERM too
+    with sigterm_exits(), scratch_export(run, "onnx", towers=True) as source:
+        s = embed_items(load_model(source, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
     out.print(f"{s.items:,} item vectors (d = {s.dim}) from {s.rows:,} rows, written to [bold]{escape(str(output))}[/]")
 
 
@@ -368,6 +371,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
     from distill.serving.load import load_model
     from distill.serving.predict import check_output, score
+    from distill.serving.scratch import scratch_export, sigterm_exits
 
     def said_once(s) -> None:
         priv = f" (privileged: {', '.join(s.ignored_privileged)})" if s.ignored_privileged else ""
@@ -375,8 +379,10 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
                   highlight=False, soft_wrap=True, markup=False)
 
     check_output(output)  # before an on-the-fly export, not after it
-    summary = score(load_model(run, trust_torchscript=trust_torchscript), data, output, keep=keep, chunk_rows=chunk_rows,
-                    on_ignored=said_once)
+    # a run is exported to the scratch folder; it and the partial output go on exit, SIGTERM too
+    with sigterm_exits(), scratch_export(run, "onnx") as source:
+        summary = score(load_model(source, trust_torchscript=trust_torchscript), data, output, keep=keep,
+                        chunk_rows=chunk_rows, on_ignored=said_once)
     out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{escape(str(output))}[/]")
 
 
