@@ -212,3 +212,23 @@ def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):
 def test_dir_lists_the_public_api():
     import distill
     assert {"train", "load_run", "Run", "compare", "load_config", "DistillError"} <= set(dir(distill))
+
+
+def test_train_and_compare_on_one_output_refuse_each_other_by_its_mark(tmp_path, config_file):
+    """`compare -o OUT` then `train -o OUT` (or the other order): one line naming the other kind's
+    mark, --overwrite or not, and the directory as it was; never the wrong hint to pass --overwrite."""
+    quick = ("-q", "--no-report")
+    run, cmp = tmp_path / "r", tmp_path / "c"  # as train and compare leave them (their marks): no seconds of training
+    (run / "report").mkdir(parents=True)
+    (cmp / "seed_0").mkdir(parents=True)
+    for path, mark in ((run / "run.json", "{}"), (run / "metrics.json", "{}"), (cmp / "compare.json", "{}"), (cmp / "compare.md", "")):
+        path.write_text(mark)
+    before = {p: sorted(x.name for x in p.iterdir()) for p in (run, cmp)}
+    for args, needle in [(("compare", config_file, "-o", run, "--seeds", 1), f"{run}: is a distill run directory (run.json), not a compare"),
+                         (("train", config_file, "-o", cmp), f"{cmp}: is a distill compare directory (compare.json), not a run")]:
+        for overwrite in ((), ("--overwrite",)):
+            r = invoke(*args, *overwrite, *quick)
+            assert r.exit_code == 2, r.output
+            line = " ".join(r.output.split())  # the console may wrap it
+            assert needle in line and "choose another output" in line and "pass --overwrite" not in line, r.output
+    assert {p: sorted(x.name for x in p.iterdir()) for p in (run, cmp)} == before
