@@ -286,6 +286,15 @@ def test_service_validation_names_the_field(client, body, needle):
     assert needle in r.json()["error"]
 
 
+def test_a_422_keeps_the_documented_detail_list_beside_its_one_line_error(client):
+    """README ("The service") documents pydantic's `detail` list on a 422, beside `error`: API, kept."""
+    r = client.post("/predict", json=[ROW, {**ROW, "hour": [1]}])
+    body = r.json()
+    assert r.status_code == 422 and set(body) == {"error", "detail"}
+    assert body["error"].startswith("row 1: field 'hour'") and "\n" not in body["error"]
+    assert any(d["loc"][2:4] == [1, "hour"] and d["msg"] and d["type"] for d in body["detail"])
+
+
 @pytest.mark.parametrize("raw", [b"", b"{", b"null", b"[[]]", b'{"user_id": NaN}', b"\xff\xfe", b'"text"'])
 def test_malformed_bodies_are_422_never_500(client, raw):
     r = client.post("/predict", content=raw, headers={"content-type": "application/json"})
