@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 import yaml
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -21,7 +22,39 @@ from rich.table import Table
 from distill.config import load_config
 from distill.errors import DistillError, MissingFeatureError
 
-app = typer.Typer(
+class _FlagsShowNoType:
+    """typer prints `<bool>` beside a flag (--help among them) as if it took a value; a flag shows
+    no type. Applied to every command, so a flag added later needs no `metavar=""` of its own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_FlagsShowNoType, TyperCommand):
+    pass
+
+
+class _Group(_FlagsShowNoType, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     help="Knowledge distillation for recommendation and classification: train a teacher and a "
          "student (model or privileged-features distillation) and serve only the student.",
     epilog="Start with `distill demo`. Your data: distill init DATA → distill validate CONFIG → "
@@ -103,7 +136,7 @@ def main_options(version: bool = typer.Option(False, "--version", callback=versi
     """Knowledge distillation for recommendation and classification."""
 
 
-SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
 NoReportOption = typer.Option(False, "--no-report", metavar="", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
 
 
@@ -188,7 +221,7 @@ def tune(config: Path = typer.Argument(..., help="The YAML config (its `tune:` s
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
              as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
-             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all)."),
+             role: Optional[list[str]] = typer.Option(None, "--role", metavar="ROLE", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all)."),
              retrieval: bool = typer.Option(False, "--retrieval", help="A two_tower student on grouped data: recall@k and NDCG@k "
                                             "ranking the whole catalogue by the towers' inner product, beside each model on the "
                                             "logged candidates. RUN may be a compare directory (verdicts over its seeds).")) -> None:
@@ -365,7 +398,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             data: Path = typer.Argument(..., help="Parquet or CSV (a file, directory or glob)."),
             output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (an existing Parquet file "
                                                           "is replaced; never an input or another kind of file)."),
-            keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
+            keep: Optional[list[str]] = typer.Option(None, "--keep", metavar="COLUMN", help="Copy this input column (e.g. an id) to the output (repeatable)."),
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
             trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
