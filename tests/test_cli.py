@@ -247,3 +247,16 @@ def test_every_commands_help_has_no_type_placeholder_and_describes_every_option(
         for param in command.params:
             assert (param.help or "").strip(), f"distill {name}: {param.opts[0]} has no help text"
             assert param.opts[0] in r.output or param.name in r.output
+
+
+def test_gap_closed_makes_no_claim_for_a_metric_without_a_teacher_interval():
+    """1 seed: the bootstrap covers auc, logloss, ...; ndcg@10 has no interval, and the teacher 0.67
+    against the baseline's 0.51 read "teacher no better" in `make demo --seeds 1`. Now "–"."""
+    from distill.results import gap_text, headline
+    no_interval = {"gain": 0.07, "low": None, "high": None, "verdict": None, "teacher_gain": 0.16,
+                   "teacher_low": None, "teacher_high": None, "gap_closed": None}
+    assert gap_text(no_interval) == "–"
+    line = headline({"primary": "ndcg@10", "method": "paired bootstrap", "metrics": {"ndcg@10": no_interval}})
+    assert "teacher no better" not in line and line.startswith("ndcg@10: no verdict")
+    beaten = {**no_interval, "low": 0.01, "high": 0.1, "teacher_low": -0.01, "teacher_high": 0.2}
+    assert gap_text(beaten) == "teacher no better"  # an interval that holds 0 still says so

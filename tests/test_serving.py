@@ -525,25 +525,27 @@ def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_
     assert [p.name for p in scratch.iterdir()] == ["export-1-foreign"]
 
 
-@pytest.mark.parametrize("source", ["run", "export"])
-def test_predict_on_sigterm_leaves_no_export_and_no_output(runs, onnx_dnn, valid, tmp_path, source):
-    """`distill predict RUN` exports to the scratch folder first (as serve does): SIGTERM mid-scoring
-    removes that export and the partial output; out.parquet never appears. An export is scored in
-    place, and its partial output goes too."""
+@pytest.mark.parametrize("command, source", [("predict", "run"), ("predict", "export"), ("embed", "run")])
+def test_predict_and_embed_on_sigterm_leave_no_export_and_no_output(runs, onnx_dnn, valid, tmp_path, command, source):
+    """`distill predict RUN` (and `embed RUN`) exports to the scratch folder first, as serve does:
+    SIGTERM mid-run removes that export and the partial output; the output never appears. An export
+    is scored in place, and its partial output goes too."""
     import os
     import signal
     import subprocess
     import sys
-    big = tmp_path / "big.parquet"
-    pq.write_table(pa.concat_tables([valid] * 2500), big, row_group_size=50_000)  # 1M rows: seconds to score
+    big = pa.concat_tables([valid] * 2500)  # 1M rows: seconds to score
+    if command == "embed":  # every row a new item, so every chunk is embedded
+        big = big.set_column(big.schema.get_field_index("item_id"), "item_id", pa.array(np.arange(big.num_rows)))
+    pq.write_table(big, tmp_path / "big.parquet", row_group_size=50_000)
     out = tmp_path / "out.parquet"
     scratch = tmp_path / f"distill-serve-{os.getuid()}"
-    model = runs["dnn"].path if source == "run" else onnx_dnn.directory
+    model = runs["two_tower" if command == "embed" else "dnn"].path if source == "run" else onnx_dnn.directory
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "distill", "predict", str(model), str(big), "-o", str(out),
-                             "--chunk-rows", "512"], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "distill", command, str(model), str(tmp_path / "big.parquet"),
+                             "-o", str(out), "--chunk-rows", "512"], stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.time() + 120  # a loaded machine: wait for scoring to start, however long that takes
+        deadline = time.time() + 120  # a loaded machine: wait for the first chunk, however long that takes
         partial = out.with_name(out.name + ".partial")
         while not partial.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
