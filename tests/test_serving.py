@@ -562,6 +562,21 @@ def test_predict_and_embed_on_sigterm_leave_no_export_and_no_output(runs, onnx_d
     assert not list(scratch.glob("export-*")) and not list(tmp_path.glob("distill-export-*"))
 
 
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_missing_input_is_said_before_a_runs_export(runs, tmp_path, monkeypatch, command):
+    from typer.testing import CliRunner
+
+    import distill.serving.export
+    from distill.cli import app
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported before the input was checked")
+    monkeypatch.setattr(distill.serving.export, "export", no_export)
+    r = CliRunner().invoke(app, [command, str(runs["two_tower"].path), str(tmp_path / "nope.parquet"),
+                                 "-o", str(tmp_path / "out.parquet")])
+    assert r.exit_code == 2 and "nope.parquet: file not found" in r.output, r.output
+
+
 def test_serve_on_a_port_in_use_is_one_clear_line(onnx_dnn):
     from typer.testing import CliRunner
 

@@ -384,8 +384,10 @@ def embed(run: Path = typer.Argument(..., help="A two_tower run directory, or an
     from distill.serving.embed import embed as embed_items
     from distill.serving.load import load_model
     from distill.serving.predict import check_output
+    from distill.data.io import resolve_files
     from distill.serving.scratch import scratch_export, sigterm_exits
     check_output(output)
+    resolve_files(str(data))  # a missing input is said before a run's export, not seconds after it
     # a run is exported to the scratch folder; it and the partial output go on exit, SIGTERM too
     with sigterm_exits(), scratch_export(run, "onnx", towers=True) as source:
         s = embed_items(load_model(source, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
@@ -402,6 +404,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
             trust_torchscript: bool = TrustTorchScriptOption) -> None:
     """Score a file with the student, in chunks; columns the student does not read are ignored."""
+    from distill.data.io import resolve_files
     from distill.serving.load import load_model
     from distill.serving.predict import check_output, score
     from distill.serving.scratch import scratch_export, sigterm_exits
@@ -412,6 +415,7 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
                   highlight=False, soft_wrap=True, markup=False)
 
     check_output(output)  # before an on-the-fly export, not after it
+    resolve_files(str(data))  # so is a missing input
     # a run is exported to the scratch folder; it and the partial output go on exit, SIGTERM too
     with sigterm_exits(), scratch_export(run, "onnx") as source:
         summary = score(load_model(source, trust_torchscript=trust_torchscript), data, output, keep=keep,
