@@ -236,7 +236,8 @@ def test_train_and_compare_on_one_output_refuse_each_other_by_its_mark(tmp_path,
 
 def test_every_commands_help_has_no_type_placeholder_and_describes_every_option():
     """Walks `distill --help` and each command's: no `<bool>` beside a flag, no Python type spelled
-    out (`<list[str]>`), and every option and argument has a description."""
+    out (`<list[str]>`), every option and argument has a description, and every command that
+    writes something takes -o for where."""
     import typer.main
     group = typer.main.get_command(app)
     assert len(group.commands) >= 12
@@ -244,6 +245,8 @@ def test_every_commands_help_has_no_type_placeholder_and_describes_every_option(
         r = runner.invoke(app, [name, "--help"] if name else ["--help"], env={"COLUMNS": "200"})
         assert r.exit_code == 0, r.output
         assert "<bool>" not in r.output and "<list[" not in r.output, f"distill {name} --help:\n{r.output}"
+        if name in ("train", "compare", "tune", "demo", "report", "export", "predict", "embed", "init"):
+            assert any("-o" in p.opts for p in command.params), f"distill {name}: writes something, takes no -o"
         for param in command.params:
             assert (param.help or "").strip(), f"distill {name}: {param.opts[0]} has no help text"
             assert param.opts[0] in r.output or param.name in r.output

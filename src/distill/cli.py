@@ -356,7 +356,7 @@ TrustTorchScriptOption = typer.Option(
 @guarded
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
                fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT); an "
+               out_dir: Optional[Path] = typer.Option(None, "--out", "--output", "-o", help="Export directory (default: RUN/export-FORMAT); an "
                                                       "existing one is replaced only if it is an export distill wrote."),
                towers: bool = typer.Option(False, "--towers", help="A two_tower student: also export its user and item "
                                            "towers (user_tower.onnx, item_tower.onnx), each leak-checked.")) -> None:
