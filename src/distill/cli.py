@@ -403,7 +403,9 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             keep: Optional[list[str]] = typer.Option(None, "--keep", metavar="COLUMN", help="Copy this input column (e.g. an id) to the output (repeatable)."),
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
             trust_torchscript: bool = TrustTorchScriptOption) -> None:
-    """Score a file with the student, in chunks; columns the student does not read are ignored."""
+    """Score a file with the student, in chunks; columns the student does not read are ignored.
+
+    A run directory is exported first, to <tmp>/distill-serve-<uid>/, removed on exit (also on SIGTERM, with the partial output)."""
     from distill.data.io import resolve_files
     from distill.serving.load import load_model
     from distill.serving.predict import check_output, score
