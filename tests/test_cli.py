@@ -212,3 +212,54 @@ def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):
 def test_dir_lists_the_public_api():
     import distill
     assert {"train", "load_run", "Run", "compare", "load_config", "DistillError"} <= set(dir(distill))
+
+
+def test_train_and_compare_on_one_output_refuse_each_other_by_its_mark(tmp_path, config_file):
+    """`compare -o OUT` then `train -o OUT` (or the other order): one line naming the other kind's
+    mark, --overwrite or not, and the directory as it was; never the wrong hint to pass --overwrite."""
+    quick = ("-q", "--no-report")
+    run, cmp = tmp_path / "r", tmp_path / "c"  # as train and compare leave them (their marks): no seconds of training
+    (run / "report").mkdir(parents=True)
+    (cmp / "seed_0").mkdir(parents=True)
+    for path, mark in ((run / "run.json", "{}"), (run / "metrics.json", "{}"), (cmp / "compare.json", "{}"), (cmp / "compare.md", "")):
+        path.write_text(mark)
+    before = {p: sorted(x.name for x in p.iterdir()) for p in (run, cmp)}
+    for args, needle in [(("compare", config_file, "-o", run, "--seeds", 1), f"{run}: is a distill run directory (run.json), not a compare"),
+                         (("train", config_file, "-o", cmp), f"{cmp}: is a distill compare directory (compare.json), not a run")]:
+        for overwrite in ((), ("--overwrite",)):
+            r = invoke(*args, *overwrite, *quick)
+            assert r.exit_code == 2, r.output
+            line = " ".join(r.output.split())  # the console may wrap it
+            assert needle in line and "choose another output" in line and "pass --overwrite" not in line, r.output
+    assert {p: sorted(x.name for x in p.iterdir()) for p in (run, cmp)} == before
+
+
+def test_every_commands_help_has_no_type_placeholder_and_describes_every_option():
+    """Walks `distill --help` and each command's: no `<bool>` beside a flag, no Python type spelled
+    out (`<list[str]>`), every option and argument has a description, and every command that
+    writes something takes -o for where."""
+    import typer.main
+    group = typer.main.get_command(app)
+    assert len(group.commands) >= 12
+    for name, command in [("", group), *group.commands.items()]:
+        r = runner.invoke(app, [name, "--help"] if name else ["--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        assert "<bool>" not in r.output and "<list[" not in r.output, f"distill {name} --help:\n{r.output}"
+        if name in ("train", "compare", "tune", "demo", "report", "export", "predict", "embed", "init"):
+            assert any("-o" in p.opts for p in command.params), f"distill {name}: writes something, takes no -o"
+        for param in command.params:
+            assert (param.help or "").strip(), f"distill {name}: {param.opts[0]} has no help text"
+            assert param.opts[0] in r.output or param.name in r.output
+
+
+def test_gap_closed_makes_no_claim_for_a_metric_without_a_teacher_interval():
+    """1 seed: the bootstrap covers auc, logloss, ...; ndcg@10 has no interval, and the teacher 0.67
+    against the baseline's 0.51 read "teacher no better" in `make demo --seeds 1`. Now "–"."""
+    from distill.results import gap_text, headline
+    no_interval = {"gain": 0.07, "low": None, "high": None, "verdict": None, "teacher_gain": 0.16,
+                   "teacher_low": None, "teacher_high": None, "gap_closed": None}
+    assert gap_text(no_interval) == "–"
+    line = headline({"primary": "ndcg@10", "method": "paired bootstrap", "metrics": {"ndcg@10": no_interval}})
+    assert "teacher no better" not in line and line.startswith("ndcg@10: no verdict")
+    beaten = {**no_interval, "low": 0.01, "high": 0.1, "teacher_low": -0.01, "teacher_high": 0.2}
+    assert gap_text(beaten) == "teacher no better"  # an interval that holds 0 still says so

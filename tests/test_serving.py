@@ -185,6 +185,32 @@ def test_predict_names_a_missing_serving_column_and_writes_nothing(onnx_dnn, val
     assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "out.parquet.partial").exists()
 
 
+def test_predict_and_embed_write_through_one_whole_or_nothing_helper(tmp_path):
+    import errno
+
+    from distill.serving.predict import whole_or_nothing
+    serving = Path(__file__).parents[1] / "src" / "distill" / "serving"
+    writers = sorted(p.name for p in serving.glob("*.py") if "ParquetWriter(" in p.read_text())
+    assert writers == ["predict.py"]  # embed.py has no copy of its own
+    out = tmp_path / "o.parquet"
+    with whole_or_nothing(out, "the rows", "nothing to write") as write:
+        write(pa.table({"a": [1, 2]}))
+        write(pa.table({"a": [3]}))
+        assert not out.exists()  # only once the block ends
+    assert pq.read_table(out)["a"].to_pylist() == [1, 2, 3]
+    for stop, expect in [(SystemExit(143), SystemExit), (OSError(errno.ENOSPC, "No space left on device"), DistillError)]:
+        with pytest.raises(expect) as e:  # SIGTERM arrives as SystemExit; a full disk is one line
+            with whole_or_nothing(out, "the rows", "nothing to write") as write:
+                write(pa.table({"a": [9]}))
+                raise stop
+        assert pq.read_table(out)["a"].to_pylist() == [1, 2, 3] and not list(tmp_path.glob("*.partial"))
+    assert "o.parquet: no space left on device while writing the rows; nothing was written" in str(e.value)
+    with pytest.raises(DistillError, match="nothing to write"):
+        with whole_or_nothing(tmp_path / "empty.parquet", "the rows", "nothing to write"):
+            pass
+    assert not (tmp_path / "empty.parquet").exists()
+
+
 def test_cli_export_and_predict(runs, data, tmp_path):
     from typer.testing import CliRunner
 
@@ -258,6 +284,15 @@ def test_service_validation_names_the_field(client, body, needle):
     r = client.post("/predict", json=body)
     assert r.status_code == 422, r.text
     assert needle in r.json()["error"]
+
+
+def test_a_422_keeps_the_documented_detail_list_beside_its_one_line_error(client):
+    """README ("The service") documents pydantic's `detail` list on a 422, beside `error`: API, kept."""
+    r = client.post("/predict", json=[ROW, {**ROW, "hour": [1]}])
+    body = r.json()
+    assert r.status_code == 422 and set(body) == {"error", "detail"}
+    assert body["error"].startswith("row 1: field 'hour'") and "\n" not in body["error"]
+    assert any(d["loc"][2:4] == [1, "hour"] and d["msg"] and d["type"] for d in body["detail"])
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"null", b"[[]]", b'{"user_id": NaN}', b"\xff\xfe", b'"text"'])
@@ -488,6 +523,58 @@ def test_serve_a_run_cleans_its_export_on_sigterm_and_a_restart_sweeps_a_killed_
         assert not leftover[0].exists() and (scratch / "export-1-foreign").is_dir()
         assert source.parent.parent == scratch and (source / "manifest.json").is_file()
     assert [p.name for p in scratch.iterdir()] == ["export-1-foreign"]
+
+
+@pytest.mark.parametrize("command, source", [("predict", "run"), ("predict", "export"), ("embed", "run")])
+def test_predict_and_embed_on_sigterm_leave_no_export_and_no_output(runs, onnx_dnn, valid, tmp_path, command, source):
+    """`distill predict RUN` (and `embed RUN`) exports to the scratch folder first, as serve does:
+    SIGTERM mid-run removes that export and the partial output; the output never appears. An export
+    is scored in place, and its partial output goes too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    big = pa.concat_tables([valid] * 2500)  # 1M rows: seconds to score
+    if command == "embed":  # every row a new item, so every chunk is embedded
+        big = big.set_column(big.schema.get_field_index("item_id"), "item_id", pa.array(np.arange(big.num_rows)))
+    pq.write_table(big, tmp_path / "big.parquet", row_group_size=50_000)
+    out = tmp_path / "out.parquet"
+    scratch = tmp_path / f"distill-serve-{os.getuid()}"
+    model = runs["two_tower" if command == "embed" else "dnn"].path if source == "run" else onnx_dnn.directory
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "distill", command, str(model), str(tmp_path / "big.parquet"),
+                             "-o", str(out), "--chunk-rows", "512"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120  # a loaded machine: wait for the first chunk, however long that takes
+        partial = out.with_name(out.name + ".partial")
+        while not partial.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None and partial.exists(), proc.stderr.read() if proc.poll() is not None else "no partial output in 120 s"
+        if source == "run":
+            assert len(list(scratch.glob("export-*/model/manifest.json"))) == 1  # the export it scores
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert "Traceback" not in proc.stderr.read()
+    assert not out.exists() and not partial.exists()
+    assert not list(scratch.glob("export-*")) and not list(tmp_path.glob("distill-export-*"))
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_missing_input_is_said_before_a_runs_export(runs, tmp_path, monkeypatch, command):
+    from typer.testing import CliRunner
+
+    import distill.serving.export
+    from distill.cli import app
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported before the input was checked")
+    monkeypatch.setattr(distill.serving.export, "export", no_export)
+    r = CliRunner().invoke(app, [command, str(runs["two_tower"].path), str(tmp_path / "nope.parquet"),
+                                 "-o", str(tmp_path / "out.parquet")])
+    assert r.exit_code == 2 and "nope.parquet: file not found" in r.output, r.output
 
 
 def test_serve_on_a_port_in_use_is_one_clear_line(onnx_dnn):

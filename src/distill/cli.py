@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 import yaml
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -21,7 +22,39 @@ from rich.table import Table
 from distill.config import load_config
 from distill.errors import DistillError, MissingFeatureError
 
-app = typer.Typer(
+class _FlagsShowNoType:
+    """typer prints `<bool>` beside a flag (--help among them) as if it took a value; a flag shows
+    no type. Applied to every command, so a flag added later needs no `metavar=""` of its own."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_FlagsShowNoType, TyperCommand):
+    pass
+
+
+class _Group(_FlagsShowNoType, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
+    cls=_Group,
     help="Knowledge distillation for recommendation and classification: train a teacher and a "
          "student (model or privileged-features distillation) and serve only the student.",
     epilog="Start with `distill demo`. Your data: distill init DATA → distill validate CONFIG → "
@@ -103,14 +136,14 @@ def main_options(version: bool = typer.Option(False, "--version", callback=versi
     """Knowledge distillation for recommendation and classification."""
 
 
-SetOption = typer.Option(None, "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")
 NoReportOption = typer.Option(False, "--no-report", metavar="", help="Skip writing report/ (Markdown and HTML with plots) at the end.")
 
 
 @app.command()
 @guarded
 def train(config: Path = typer.Argument(..., help="The YAML config."),
-          output: Optional[Path] = typer.Option(None, help="Run directory (default: the config's `output`)."),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory (default: the config's `output`)."),
           overwrite: bool = typer.Option(False, metavar="", help="Replace an existing run directory (only one distill wrote), "
                                                      "or discard an interrupted run's checkpoints."),
           resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run at this output from its last checkpoint."),
@@ -135,7 +168,7 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
 @guarded
 def compare(config: Path = typer.Argument(..., help="The YAML config."),
             seeds: int = typer.Option(5, help="How many seeds (train.seed, train.seed + 1, ...)."),
-            output: Optional[Path] = typer.Option(None, help="Where compare.json, compare.md and the runs go "
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where compare.json, compare.md and the runs go "
                                                   "(default: OUTPUT/compare, OUTPUT the config's `output`)."),
             overwrite: bool = typer.Option(False, metavar="", help="Replace an existing compare directory."),
             set_: Optional[list[str]] = SetOption,
@@ -169,7 +202,7 @@ def tune(config: Path = typer.Argument(..., help="The YAML config (its `tune:` s
          storage: Optional[str] = typer.Option(None, help="Optuna storage: a .journal path or sqlite:///, postgresql://, "
                                                "mysql:// URL (default: OUTPUT/study.journal)."),
          study: Optional[str] = typer.Option(None, help="Study name (default: distill)."),
-         output: Optional[Path] = typer.Option(None, help="Where the study, best.yaml, compare.json and tune.md go "
+         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where the study, best.yaml, compare.json and tune.md go "
                                                "(default: the config's `output`/tune)."),
          seeds: int = typer.Option(3, help="Seeds the best setting is retrained over against the baseline (0: search only)."),
          set_: Optional[list[str]] = SetOption,
@@ -188,7 +221,7 @@ def tune(config: Path = typer.Argument(..., help="The YAML config (its `tune:` s
 def evaluate(run: Path = typer.Argument(..., help="A run directory."),
              data: Optional[Path] = typer.Option(None, help="Labelled Parquet/CSV (default: the run's valid and test splits)."),
              as_json: bool = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table."),
-             role: Optional[list[str]] = typer.Option(None, "--role", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all)."),
+             role: Optional[list[str]] = typer.Option(None, "--role", metavar="ROLE", help="Evaluate only this model: teacher, student or baseline (repeatable; default: all)."),
              retrieval: bool = typer.Option(False, "--retrieval", help="A two_tower student on grouped data: recall@k and NDCG@k "
                                             "ranking the whole catalogue by the towers' inner product, beside each model on the "
                                             "logged candidates. RUN may be a compare directory (verdicts over its seeds).")) -> None:
@@ -212,7 +245,7 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
 
 @app.command()
 @guarded
-def demo(output: Path = typer.Option(Path("runs/demo"), help="Where the demo's data and runs go."),
+def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Where the demo's data and runs go."),
          seeds: int = typer.Option(3, help="Seeds for the comparison."),
          quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines."),
          no_report: bool = NoReportOption) -> None:
@@ -259,7 +292,7 @@ def report_after(path: Path) -> None:
 @app.command()
 @guarded
 def report(run: Path = typer.Argument(..., help="A run directory, or a compare directory (compare.json and seed_* runs)."),
-           output: Optional[Path] = typer.Option(None, help="Where to write (default: RUN/report); an existing "
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: RUN/report); an existing "
                                                  "directory is replaced only if it is a report distill wrote.")) -> None:
     """Write a readable report of a run: loss terms, λ, validation curves, calibration, gain table (Markdown + HTML)."""
     from distill.report import write_report
@@ -323,7 +356,7 @@ TrustTorchScriptOption = typer.Option(
 @guarded
 def export_cmd(run: Path = typer.Argument(..., help="A run directory."),
                fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-               out_dir: Optional[Path] = typer.Option(None, "--out", help="Export directory (default: RUN/export-FORMAT); an "
+               out_dir: Optional[Path] = typer.Option(None, "--out", "--output", "-o", help="Export directory (default: RUN/export-FORMAT); an "
                                                       "existing one is replaced only if it is an export distill wrote."),
                towers: bool = typer.Option(False, "--towers", help="A two_tower student: also export its user and item "
                                            "towers (user_tower.onnx, item_tower.onnx), each leak-checked.")) -> None:
@@ -351,8 +384,13 @@ def embed(run: Path = typer.Argument(..., help="A two_tower run directory, or an
     from distill.serving.embed import embed as embed_items
     from distill.serving.load import load_model
     from distill.serving.predict import check_output
+    from distill.data.io import resolve_files
+    from distill.serving.scratch import scratch_export, sigterm_exits
     check_output(output)
-    s = embed_items(load_model(run, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
+    resolve_files(str(data))  # a missing input is said before a run's export, not seconds after it
+    # a run is exported to the scratch folder; it and the partial output go on exit, SIGTERM too
+    with sigterm_exits(), scratch_export(run, "onnx", towers=True) as source:
+        s = embed_items(load_model(source, towers=True), data, output, id_column=id_column, chunk_rows=chunk_rows)
     out.print(f"{s.items:,} item vectors (d = {s.dim}) from {s.rows:,} rows, written to [bold]{escape(str(output))}[/]")
 
 
@@ -362,12 +400,16 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
             data: Path = typer.Argument(..., help="Parquet or CSV (a file, directory or glob)."),
             output: Path = typer.Option(..., "--output", "-o", help="The Parquet file to write (an existing Parquet file "
                                                           "is replaced; never an input or another kind of file)."),
-            keep: Optional[list[str]] = typer.Option(None, "--keep", help="Copy this input column (e.g. an id) to the output (repeatable)."),
+            keep: Optional[list[str]] = typer.Option(None, "--keep", metavar="COLUMN", help="Copy this input column (e.g. an id) to the output (repeatable)."),
             chunk_rows: int = typer.Option(65_536, help="Rows per chunk: memory is bounded by the chunk, not the file."),
             trust_torchscript: bool = TrustTorchScriptOption) -> None:
-    """Score a file with the student, in chunks; columns the student does not read are ignored."""
+    """Score a file with the student, in chunks; columns the student does not read are ignored.
+
+    A run directory is exported first, to <tmp>/distill-serve-<uid>/, removed on exit (also on SIGTERM, with the partial output)."""
+    from distill.data.io import resolve_files
     from distill.serving.load import load_model
     from distill.serving.predict import check_output, score
+    from distill.serving.scratch import scratch_export, sigterm_exits
 
     def said_once(s) -> None:
         priv = f" (privileged: {', '.join(s.ignored_privileged)})" if s.ignored_privileged else ""
@@ -375,8 +417,11 @@ def predict(run: Path = typer.Argument(..., help="A run directory or an exported
                   highlight=False, soft_wrap=True, markup=False)
 
     check_output(output)  # before an on-the-fly export, not after it
-    summary = score(load_model(run, trust_torchscript=trust_torchscript), data, output, keep=keep, chunk_rows=chunk_rows,
-                    on_ignored=said_once)
+    resolve_files(str(data))  # so is a missing input
+    # a run is exported to the scratch folder; it and the partial output go on exit, SIGTERM too
+    with sigterm_exits(), scratch_export(run, "onnx") as source:
+        summary = score(load_model(source, trust_torchscript=trust_torchscript), data, output, keep=keep,
+                        chunk_rows=chunk_rows, on_ignored=said_once)
     out.print(f"{summary.rows:,} rows scored in {summary.chunks} chunk(s), written to [bold]{escape(str(output))}[/]")
 
 

@@ -69,10 +69,22 @@ def check_replaceable(path: Path, kind: str, protect: tuple[Path, ...] = ()) -> 
     refuse_unsafe(path, protect)
     if path.exists() and not path.is_dir():
         raise DistillError(f"{path}: is a file, not a {kind} directory; choose another output")
+    refuse_other_kind(path, kind)
     if not is_ours(path, kind):
         marks = " and ".join(MARKS[kind])
         raise DistillError(f"{path}: holds files distill did not write (no {marks}); distill will not replace it, "
                            f"choose another output")
+
+
+def refuse_other_kind(path: Path, kind: str) -> None:
+    """A directory distill wrote as another kind (a compare where a run goes, ...) is refused by its
+    mark, --overwrite or not: a run never replaces a comparison's seeds, nor the other way round."""
+    if not path.is_dir() or is_ours(path, kind):
+        return
+    for other, marks in MARKS.items():
+        if other != kind and all((path / m).is_file() for m in marks):
+            raise DistillError(f"{path}: is a distill {other} directory ({' and '.join(marks)}), not a {kind}; "
+                               f"distill will not replace one kind with another, choose another output")
 
 
 def start(output: Path, kind: str, replace: bool, protect: tuple[Path, ...] = (),
@@ -83,6 +95,7 @@ def start(output: Path, kind: str, replace: bool, protect: tuple[Path, ...] = ()
     `keep_checkpoints`: refuse to discard a partial run's checkpoints (point to --resume instead).
     """
     refuse_unsafe(output, protect)
+    refuse_other_kind(output, kind)  # before "pass --overwrite": that would not help
     if output.exists() and not replace and (not output.is_dir() or any(output.iterdir())):
         raise DistillError(f"{output}: the output directory exists; choose another `output` or pass --overwrite "
                            f"(overwrite=True from Python) to replace it")

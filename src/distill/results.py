@@ -276,8 +276,8 @@ def _no_value(metric: str, rows: list[dict[str, Any]]) -> str | None:
 
 
 def gap_text(entry: dict[str, Any]) -> str:
-    if "teacher_gain" not in entry:
-        return "–"
+    if "teacher_gain" not in entry or entry.get("teacher_low", 0.0) is None:
+        return "–"  # no interval for the teacher's gain (e.g. ndcg@k under the bootstrap): no claim either way
     if entry["gap_closed"] is None:
         return TEACHER_NO_BETTER
     return f"{100 * entry['gap_closed']:.0f}%"
@@ -298,7 +298,7 @@ def headline(v: dict[str, Any]) -> str:
     else:
         line = (f"{m}: {e['verdict']}; student − baseline {e['gain']:+.4f}, 95% interval "
                 f"[{e['low']:+.4f}, {e['high']:+.4f}] ({v['method']})")
-    if "teacher_gain" in e:
+    if "teacher_gain" in e and e.get("teacher_low", 0.0) is not None:
         line += f"; gap closed {gap_text(e)}" if e["gap_closed"] is not None else f"; {TEACHER_NO_BETTER}"
     return line
 

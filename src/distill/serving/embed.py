@@ -9,20 +9,17 @@ not at all, in a layout FAISS and vector databases read directly:
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from distill.data.io import file_format, resolve_files
 from distill.data.kinds import KINDS
 from distill.errors import DistillError
-from distill.outputs import no_space
 from distill.serving.exported import ExportedModel
-from distill.serving.predict import _check_output, _columns_of, check_output, iter_chunks
+from distill.serving.predict import _check_output, _columns_of, check_output, iter_chunks, whole_or_nothing
 
 
 @dataclass
@@ -58,9 +55,7 @@ def embed(model: ExportedModel, data: str | Path, out: str | Path, id_column: st
     dim = int(model.towers["item"]["dim"])
     summary = EmbedSummary(dim=dim)
     seen: set = set()
-    tmp = out.with_name(out.name + ".partial")
-    writer: pq.ParquetWriter | None = None
-    try:
+    with whole_or_nothing(out, "the item vectors", f"{data}: no items to embed") as write:
         for path in files:
             kind = file_format(path, fmt)
             try:
@@ -89,25 +84,9 @@ def embed(model: ExportedModel, data: str | Path, out: str | Path, id_column: st
                     table = pa.Table.from_batches([batch]).take(pa.array(keep, pa.int64()))
                     vectors = model.vectors("item", table, where=str(path))
                     chunk = pa.table({"item_id": table.column(id_column), "vector": vector_array(vectors)})
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, chunk.schema)
-                    writer.write_table(chunk.cast(writer.schema))
+                    write(chunk)
                     summary.items += chunk.num_rows
                     summary.chunks += 1
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise DistillError(f"{path}: {str(e).strip().splitlines()[0]}") from None
-        if writer is None:
-            raise DistillError(f"{data}: no items to embed")
-        writer.close()
-        writer = None
-        os.replace(tmp, out)
-    except OSError as e:
-        if no_space(e):
-            raise DistillError(f"{out}: no space left on device while writing the item vectors; nothing was written") from None
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
-        if tmp.exists():
-            tmp.unlink()
     return summary

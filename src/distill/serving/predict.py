@@ -7,6 +7,7 @@ not at all.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -90,9 +91,7 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
     files = resolve_files(str(data))
     _check_output(out, files)
     summary = ScoreSummary()
-    tmp = out.with_name(out.name + ".partial")
-    writer: pq.ParquetWriter | None = None
-    try:
+    with whole_or_nothing(out, "the predictions", f"{data}: no rows to score") as write:
         for path in files:
             kind = file_format(path, fmt)
             try:
@@ -123,28 +122,45 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
                     else:
                         cols.update({k: pa.array([], pa.float32()) for k in model.outputs})
                     chunk = pa.table(cols)
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp, chunk.schema)
-                    writer.write_table(chunk.cast(writer.schema))
+                    write(chunk)
                     summary.rows += chunk.num_rows
                     summary.chunks += 1
             except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
                 raise DistillError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+    return summary
+
+
+@contextmanager
+def whole_or_nothing(out: Path, what: str, empty: str) -> Iterator[Callable[[pa.Table], None]]:
+    """`with whole_or_nothing(out, ...) as write:` then `write(chunk)` per Parquet chunk. The chunks
+    go to `<out>.partial`, renamed to `out` only when the block ends without an error; on any error
+    (SIGTERM too, as SystemExit) `out` stays as it was and no partial file stays. `empty`: the
+    error when no chunk was written; `what` names the output in the full-disk line. (`score` and
+    `embed` both write through it.)"""
+    tmp = out.with_name(out.name + ".partial")
+    writer: pq.ParquetWriter | None = None
+
+    def write(chunk: pa.Table) -> None:
+        nonlocal writer
         if writer is None:
-            raise DistillError(f"{data}: no rows to score")
+            writer = pq.ParquetWriter(tmp, chunk.schema)
+        writer.write_table(chunk.cast(writer.schema))
+    try:
+        yield write
+        if writer is None:
+            raise DistillError(empty)
         writer.close()
         writer = None
         os.replace(tmp, out)
     except OSError as e:
         if no_space(e):  # the partial file goes in `finally`
-            raise DistillError(f"{out}: no space left on device while writing the predictions; nothing was written") from None
+            raise DistillError(f"{out}: no space left on device while writing {what}; nothing was written") from None
         raise
     finally:
         if writer is not None:
             writer.close()
         if tmp.exists():
             tmp.unlink()
-    return summary
 
 
 def _check_output(out: Path, inputs: list[Path]) -> None:

@@ -1,4 +1,5 @@
-"""Where `distill serve RUN` keeps the export it makes of a run directory while it serves.
+"""Where `distill serve RUN` (and `predict RUN`, `embed RUN`) keeps the export it makes of a run
+directory while it serves (or scores).
 
     <tmp>/distill-serve-<uid>/export-<pid>-<random>/   the export (model/), and a marker naming its pid
 
@@ -41,7 +42,7 @@ def scratch_root() -> Path:
 
 
 def sweep(root: Path) -> list[Path]:
-    """Remove the exports left by `distill serve` processes that no longer run; returns them."""
+    """Remove the exports left by distill processes that no longer run; returns them."""
     removed = []
     for d in sorted(root.iterdir()):
         m = NAME.fullmatch(d.name)
@@ -58,9 +59,9 @@ def sweep(root: Path) -> list[Path]:
 
 
 @contextmanager
-def scratch_export(source: str | Path, fmt: str) -> Iterator[Path]:
+def scratch_export(source: str | Path, fmt: str, towers: bool = False) -> Iterator[Path]:
     """`source` itself unless it is a run directory; then an export of it in the scratch folder,
-    removed when the block ends (also on SIGTERM)."""
+    removed when the block ends (also on SIGTERM). `towers`: export the two-tower graphs too."""
     source = Path(source)
     if (source / "manifest.json").is_file() or not (source / "config.yaml").is_file():
         yield source  # an export (or not a run: load_model says what it is)
@@ -68,13 +69,23 @@ def scratch_export(source: str | Path, fmt: str) -> Iterator[Path]:
     from distill.serving.export import export
     root = scratch_root()
     sweep(root)
+    with sigterm_exits():
+        d = Path(tempfile.mkdtemp(prefix=f"export-{os.getpid()}-", dir=root))
+        try:
+            (d / MARKER).write_text(json.dumps({"pid": os.getpid(), "run": str(source.resolve())}))
+            yield export(source, fmt, d / "model", towers=towers)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Within the block SIGTERM raises SystemExit, so `finally` blocks run: the scratch export's,
+    and `predict`'s partial output even when it scores an export (no scratch export then)."""
     previous = _exit_on_sigterm()
-    d = Path(tempfile.mkdtemp(prefix=f"export-{os.getpid()}-", dir=root))
     try:
-        (d / MARKER).write_text(json.dumps({"pid": os.getpid(), "run": str(source.resolve())}))
-        yield export(source, fmt, d / "model")
+        yield
     finally:
-        shutil.rmtree(d, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -8,9 +8,10 @@
 
 The request model is built from the serving schema, so the OpenAPI document lists every serving
 feature with its type. A missing field, a wrong type, or a privileged or unknown field is a 422
-whose `error` names the field; unseen category values go to the out-of-vocabulary bucket. Every
-error is `{"error": "<one line>"}`: 413 for a body over `max_body_bytes` (refused before it is read
-whole) or a list over `max_rows`, 415 for a body that is not JSON, 404/405 for a wrong route.
+whose `error` names the field (beside pydantic's `detail` list, as README documents it); unseen
+category values go to the out-of-vocabulary bucket. Every error is `{"error": "<one line>"}`: 413
+for a body over `max_body_bytes` (refused before it is read whole) or a list over `max_rows`, 415
+for a body that is not JSON, 404/405 for a wrong route.
 Scoring runs on a worker thread, one batch at a time, so /health answers during a large batch.
 
     >>> app = create_app(load_model("runs/demo/export-onnx"), max_rows=1000)  # doctest: +SKIP
