@@ -228,6 +228,9 @@ def fit_encoders(features: list[FeatureConfig], task: TaskConfig, chunks: Iterab
         _each(lambda f: fits[f.name].add(table.column(f.name), at), features, workers)
         label.add(table.column(task.label), at)
     encoders = Encoders({n: fit.result() for n, fit in fits.items()}, label.result(where))
+    for f in features:
+        if getattr(f, "shares", None):  # a sequence in the id space of its candidate (data/kinds/sequence.py)
+            encoders.features[f.name].index = encoders.features[f.shares].index
     return encoders, {n: fit.filled for n, fit in fits.items() if fit.filled}
 
 

@@ -2,7 +2,8 @@
 
 The towers meet only in the inner product, so item vectors can be precomputed and served from an
 index; the price is that no user×item cross feature can enter (the PFD paper's coarse-ranking
-student). Features not named in `user_features` form the item tower.
+student). Features not named in `user_features` form the item tower. A behaviour sequence belongs to the
+user tower (name it in `user_features`); its encoder cannot be din, whose query is the candidate item.
 
 Served as a retriever, the global bias rides in one extra coordinate so that the inner product is
 the logit exactly: user_vector = [u, 1], item_vector = [v, b], ⟨user_vector, item_vector⟩ = ⟨u, v⟩ + b
@@ -22,6 +23,11 @@ class TwoTower(nn.Module):
             raise ValueError("two_tower returns one score per user-item pair (binary or regression)")
         self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         users = set(spec.user_features)
+        for seq, candidate in self.embedding.query_of.items():
+            if (seq in users) != (candidate in users):  # din's query is the candidate: it would join the towers
+                raise ValueError(f"feature '{seq}': encoder 'din' attends with the candidate '{candidate}', which is in "
+                                 f"the other tower; a two-tower model scores by the towers' inner product alone "
+                                 f"(use encoder mean or self_attention)")
         self.user_sparse = [n for n in self.embedding.sparse_names if n in users]
         self.user_dense = [n for n in self.embedding.numeric_names if n in users]
         self.item_sparse = [n for n in self.embedding.sparse_names if n not in users]

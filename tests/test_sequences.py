@@ -1,0 +1,284 @@
+"""Behaviour sequences (issue 17): the `sequence` kind, its encoders against hand computations
+(padding changes nothing, an empty history gives zeros), the din model, sharing the encoder in
+sync mode, and the user's path: init, validate, train, export (leak-checked), predict, serve."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from distill.cli import app
+from distill.config import FeatureConfig, config_from_dict
+from distill.data.kinds import fit_feature
+from distill.models.sequence import MeanPool, SelfAttention, TargetAttention, masked_mean
+
+runner = CliRunner()
+
+
+def seq_table(n: int, seed: int) -> pa.Table:
+    """A click log where the label follows the history: a click is likelier when the candidate is
+    among the user's previous items (half the rows); `intent` is privileged."""
+    r = np.random.default_rng(seed)
+    item = r.integers(0, 30, n)
+    lengths = r.integers(0, 9, n)
+    hist = [[int(v) for v in r.integers(0, 30, k)] for k in lengths]
+    for i in np.flatnonzero((r.random(n) < 0.5) & (lengths > 0)):
+        hist[i][r.integers(lengths[i])] = int(item[i])
+    seen = np.array([it in hs for hs, it in zip(hist, item)])
+    intent = r.normal(0, 1, n)
+    z = 2.5 * seen - 1.2 + intent
+    y = (r.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    return pa.table({"user": r.integers(0, 40, n), "item_id": pa.array(item), "hist": pa.array(hist, pa.list_(pa.int64())),
+                     "intent": intent + r.normal(0, 0.3, n), "click": y})
+
+
+def seq_config(tmp: Path, student: str = "din", encoder: str | None = None, **distillation) -> dict:
+    for name, n, seed in (("train", 1200, 1), ("valid", 300, 2), ("test", 300, 3)):
+        if not (tmp / f"{name}.parquet").exists():
+            pq.write_table(seq_table(n, seed), tmp / f"{name}.parquet")
+    hist = {"name": "hist", "type": "sequence", "shares": "item_id", "max_len": 5}
+    if encoder:
+        hist["encoder"] = encoder
+    return {
+        "data": {"train": str(tmp / "train.parquet"), "valid": str(tmp / "valid.parquet"), "test": str(tmp / "test.parquet")},
+        "task": {"type": "binary", "label": "click"},
+        "features": [{"name": "user", "type": "categorical"}, {"name": "item_id", "type": "categorical"}, hist,
+                     {"name": "intent", "type": "numeric", "privileged": True}],
+        "teacher": {"model": "din", "hidden": [16], "embedding_dim": 4},
+        "student": {"model": student, "hidden": [8], "embedding_dim": 4, "tower_dim": 4,
+                    "user_features": ["user", "hist"] if student == "two_tower" else None},
+        "distillation": {"mode": "sync", **distillation},
+        "train": {"epochs": 2, "batch_size": 128, "lr": 0.01, "threads": 1, "baseline": False, "early_stopping": None},
+        "output": str(tmp / "run"),
+    }
+
+
+# ----------------------------------------------------------------------------- encoders as functions
+
+
+KEYS = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [9.0, 9.0]],
+                     [[3.0, 1.0], [7.0, 7.0], [7.0, 7.0]],
+                     [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]]])  # (B=3, L=3, D=2)
+MASK = torch.tensor([[True, True, False], [True, False, False], [False, False, False]])  # lengths 2, 1, 0
+
+
+def with_other_padding(keys: torch.Tensor) -> torch.Tensor:
+    return torch.where(MASK.unsqueeze(-1), keys, torch.full_like(keys, -123.0))
+
+
+def test_masked_mean_by_hand_ignores_padding_and_gives_zeros_for_an_empty_history():
+    expected = torch.tensor([[0.5, 1.0], [3.0, 1.0], [0.0, 0.0]])
+    assert torch.equal(masked_mean(KEYS, MASK), expected)
+    assert torch.equal(MeanPool(2)(with_other_padding(KEYS), MASK), expected)
+
+
+def test_din_weights_are_the_unit_mlp_by_hand_masked_and_not_normalised():
+    torch.manual_seed(0)
+    din = TargetAttention(2, hidden=3)
+    q = torch.tensor([[1.0, 1.0], [0.0, -1.0], [2.0, 0.0]])
+    w = din.weights(KEYS, MASK, q)
+    lin1, prelu, lin2 = din.unit
+    for b in range(3):
+        for i in range(3):
+            k = KEYS[b, i]
+            x = torch.cat([q[b], k, q[b] - k, q[b] * k])
+            h = lin1.weight @ x + lin1.bias
+            h = torch.where(h > 0, h, prelu.weight * h)
+            want = (lin2.weight @ h + lin2.bias).item() if MASK[b, i] else 0.0
+            assert w[b, i].item() == pytest.approx(want, abs=1e-6)
+    out = din(KEYS, MASK, q)
+    torch.testing.assert_close(out, (w.unsqueeze(-1) * KEYS).sum(1))
+    assert not torch.allclose(w[0].sum(), torch.tensor(1.0))  # no softmax: the weights do not sum to 1
+    assert torch.equal(out[2], torch.zeros(2))  # an empty history
+    assert torch.equal(din(with_other_padding(KEYS), MASK, q), out)
+    with pytest.raises(ValueError, match="candidate"):
+        din(KEYS, MASK)
+
+
+def test_self_attention_attends_over_real_items_only():
+    torch.manual_seed(0)
+    enc = SelfAttention(2, max_len=3).eval()
+    att = enc.weights(KEYS, MASK)  # (B, L, L)
+    assert torch.all(att[0, :, 2] == 0) and torch.all(att[1, :, 1:] == 0)
+    torch.testing.assert_close(att[:2].sum(-1), torch.ones(2, 3))
+    # row 0 by hand: softmax over the two real keys of (q·k)/√D, positions added
+    x = KEYS[0] + enc.position.weight
+    q, k, _ = enc.qkv(x).chunk(3, dim=-1)
+    s = (q[0] @ k[:2].T) / math.sqrt(2)
+    torch.testing.assert_close(att[0, 0, :2], torch.softmax(s, -1))
+    out = enc(KEYS, MASK)
+    assert torch.isfinite(out).all() and torch.equal(out[2], torch.zeros(2))
+    torch.testing.assert_close(enc(with_other_padding(KEYS), MASK), out, rtol=0, atol=1e-6)
+    # longer than max_len: the last position embedding repeats rather than failing
+    assert enc(torch.randn(2, 5, 2), torch.ones(2, 5, dtype=torch.bool)).shape == (2, 2)
+
+
+# ----------------------------------------------------------------------------- the kind
+
+
+def test_sequence_keeps_the_most_recent_ids_maps_unknown_to_oov_and_shares_the_candidates_ids():
+    from distill.data.encoders import fit_encoders
+    from distill.config import TaskConfig
+    t = pa.table({"item_id": ["a", "b", "c", "a"],
+                  "hist": pa.array([["b", "a", "c", "a"], [], None, ["zzz", "a"]], pa.list_(pa.string())),
+                  "y": [0, 1, 0, 1]})
+    specs = [FeatureConfig(name="item_id", type="categorical"),
+             FeatureConfig(name="hist", type="sequence", shares="item_id", max_len=3)]
+    enc, filled = fit_encoders(specs, TaskConfig(label="y"), [(t, "t")], "t")
+    ids, nulls = enc.features["hist"].encode(t.column("hist"), "t")
+    a, b, c = (enc.features["item_id"].encode(pa.chunked_array([[v]]), "t")[0][0] for v in "abc")
+    assert ids.tolist() == [[b, a, c], [0, 0, 0], [0, 0, 0], [1, a, 0]]  # first max_len kept, 0 pads, zzz → OOV 1
+    assert nulls == 1 and filled == {"hist": 1}  # only the null is missing; an empty history is not
+    # a separated string means the same list
+    strings = enc.features["hist"].encode(pa.chunked_array([["b a c a", "", None, "zzz a"]]), "t")[0]
+    assert np.array_equal(strings, ids)
+    own = fit_feature(FeatureConfig(name="hist", type="sequence"), t.column("hist"), "t")
+    assert own.index.vocab == ["a", "b", "c", "zzz"]  # without shares: a vocabulary of its own
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: r["features"][2].update(shares="price"), "feature 'hist': shares 'price', which is not a categorical feature"),
+    (lambda r: r["features"][1].update(encoder="din"), "feature 'item_id': 'encoder' applies to type 'sequence' only"),
+    (lambda r: (r["features"][2].pop("shares"), r["features"][2].update(encoder="din")), "encoder 'din' attends with the candidate"),
+    (lambda r: r["features"][2].update(encoder="lstm"), "features[2] ('hist').encoder"),
+    (lambda r: r["distillation"].update(share_sequence_encoder=True), "share_sequence_encoder: needs distillation.share_embeddings"),
+    (lambda r: r["features"][1].update(privileged=True), "student.model 'din': din attends over a behaviour sequence"),
+    (lambda r: r["student"].update(model="two_tower", user_features=["user", "hist"]), "in the other tower"),
+])
+def test_bad_sequence_config_is_one_line(tmp_path, edit, needle):
+    raw = seq_config(tmp_path)
+    raw["student"]["model"] = "dnn" if "din'" not in needle else "din"
+    raw["features"][2]["encoder"] = "din" if "other tower" in needle else raw["features"][2].get("encoder")
+    edit(raw)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+# ----------------------------------------------------------------------------- sharing in sync mode
+
+
+def test_shared_sequence_encoder_is_one_module_and_which_losses_reach_it():
+    from distill.losses import distill_loss, hard_loss
+    from distill.models import MODELS
+    from distill.models.parts import FeatureInfo, ModelSpec, share_sequence_encoders, share_tables
+    feats = (FeatureInfo("item", "categorical", 9), FeatureInfo("hist", "sequence", 9, shares="item", encoder="din", max_len=4),
+             FeatureInfo("intent", "numeric"))
+    spec = lambda fs: ModelSpec(features=fs, out_dim=1, hidden=(8,), embedding_dim=4)  # noqa: E731
+    torch.manual_seed(0)
+    teacher, student = MODELS["din"](spec(feats)), MODELS["dnn"](spec(feats[:2]))
+    assert share_tables(teacher, student, ["item", "hist"]) == ["item"]  # hist reads item's table: it has none
+    assert share_sequence_encoders(teacher, student, ["item", "hist"]) == ["hist"]
+    assert student.embedding.sequences["hist"] is teacher.embedding.sequences["hist"]
+    g = torch.Generator().manual_seed(1)
+    batch = __import__("distill.data.batch", fromlist=["Batch"]).Batch(
+        {"item": torch.randint(1, 9, (6,), generator=g), "hist": torch.randint(0, 9, (6, 4), generator=g),
+         "intent": torch.randn(6, 2, generator=g)})
+    enc = teacher.embedding.sequences["hist"]
+    t_logits, s_logits = teacher(batch), student(batch.select(["item", "hist"]))
+    # L_d alone (teacher logits detached, as the sync loop does): the shared encoder moves, the teacher's MLP does not
+    distill_loss(s_logits, t_logits.detach(), "binary").backward(retain_graph=True)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    assert all(p.grad is None for p in teacher.over.parameters())
+    # L_t reaches the shared encoder through the teacher
+    for m in (teacher, student):
+        m.zero_grad(set_to_none=True)
+    hard_loss(t_logits, torch.ones(6), "binary").backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    assert all(p.grad is None for p in student.over.parameters())
+
+
+def test_sync_run_shares_the_encoder_and_saves_it_in_both_models(tmp_path):
+    from distill.run import train
+    raw = seq_config(tmp_path, student="dnn", encoder="self_attention", share_embeddings=True, share_sequence_encoder=True)
+    raw["teacher"]["model"] = "dnn"
+    run = train(config_from_dict(raw), quiet=True)
+    info = json.loads((run.path / "run.json").read_text())
+    assert info["shared_tables"] == ["user", "item_id"] and info["shared_sequence_encoders"] == ["hist"]
+    t, s = run.models["teacher"].embedding.sequences["hist"], run.models["student"].embedding.sequences["hist"]
+    assert all(torch.equal(a, b) for a, b in zip(t.state_dict().values(), s.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------- where the user meets it
+
+
+@pytest.fixture(scope="module")
+def din_run(tmp_path_factory):
+    from distill.run import train
+    tmp = tmp_path_factory.mktemp("din")
+    raw = seq_config(tmp)
+    path = tmp / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(path), "-q"])
+    assert r.exit_code == 0, r.output
+    from distill.run import load_run
+    return tmp, load_run(raw["output"])
+
+
+def test_init_guesses_a_history_column_and_validate_lists_it(tmp_path):
+    pq.write_table(seq_table(300, 1), tmp_path / "train.parquet")
+    out = tmp_path / "config.yaml"
+    r = runner.invoke(app, ["init", str(tmp_path / "train.parquet"), "-o", str(out), "--label", "click"])
+    assert r.exit_code == 0, r.output
+    hist = next(f for f in yaml.safe_load(out.read_text())["features"] if f["name"] == "hist")
+    assert hist["type"] == "sequence" and hist["shares"] == "item_id"
+    r = runner.invoke(app, ["validate", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "sequence, mean, ids of item_id" in r.output
+
+
+def test_din_round_trip_train_export_predict_serve(din_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from distill.serving import ExportedModel
+    from distill.serving.service import create_app
+    tmp, run = din_run
+    assert run.metrics["student"]["test"]["auc"] > 0.55  # the history carries the signal (0.51 when mean-pooled)
+    r = runner.invoke(app, ["export", str(run.path), "--out", str(tmp_path / "exp")])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    hist = next(f for f in manifest["serving"] if f["name"] == "hist")
+    assert hist["type"] == "sequence" and hist["input"] == {"dtype": "int64", "shape": ["batch", "seq"]}
+    assert manifest["leak_check"]["passed"]
+    model = ExportedModel(tmp_path / "exp")
+    test = pq.read_table(tmp / "test.parquet")
+    np.testing.assert_allclose(model.predict(test), run.predict(test), atol=1e-5, rtol=0)
+    # batch scoring through the CLI gives the same numbers
+    r = runner.invoke(app, ["predict", str(tmp_path / "exp"), str(tmp / "test.parquet"), "-o", str(tmp_path / "p.parquet")])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(pq.read_table(tmp_path / "p.parquet").column(0).to_numpy(), run.predict(test), atol=1e-5)
+
+    client = TestClient(create_app(model))
+    row = {"user": 3, "item_id": 4, "hist": [4, 7, 1, 10, 13]}
+    one = client.post("/predict", json=row)
+    assert one.status_code == 200, one.text
+    assert one.json()["predictions"][0] == pytest.approx(float(run.predict([row])[0]), abs=1e-5)
+    longer = client.post("/predict", json={**row, "hist": row["hist"] + [2, 5, 8]}).json()  # cut at max_len 5
+    assert longer == one.json()
+    assert client.post("/predict", json={**row, "hist": "4 7 1 10 13"}).json() == one.json()
+    assert client.post("/predict", json={**row, "hist": []}).status_code == 200
+    bad = client.post("/predict", json={**row, "hist": {"a": 1}})
+    assert bad.status_code == 422 and "field 'hist'" in bad.json()["error"]
+
+
+def test_streaming_trains_on_a_sequence_as_in_memory_does(din_run, tmp_path):
+    from distill.run import train
+    tmp, run = din_run
+    raw = seq_config(tmp)
+    raw["data"]["streaming"] = True
+    raw["output"] = str(tmp_path / "streamed")
+    pq.write_table(pq.read_table(tmp / "train.parquet"), tmp_path / "train.parquet", row_group_size=200)
+    raw["data"]["train"] = str(tmp_path / "train.parquet")
+    streamed = train(config_from_dict(raw), quiet=True)
+    assert streamed.encoders.features["hist"].to_dict() == run.encoders.features["hist"].to_dict()
+    assert streamed.metrics["student"]["test"]["auc"] > 0.55
