@@ -282,3 +282,23 @@ def test_streaming_trains_on_a_sequence_as_in_memory_does(din_run, tmp_path):
     streamed = train(config_from_dict(raw), quiet=True)
     assert streamed.encoders.features["hist"].to_dict() == run.encoders.features["hist"].to_dict()
     assert streamed.metrics["student"]["test"]["auc"] > 0.55
+
+
+@pytest.mark.parametrize("student", ["dnn", "two_tower"])
+def test_self_attention_exports_and_a_two_tower_user_tower_carries_the_sequence(tmp_path, student):
+    from distill.run import train
+    from distill.serving import ExportedModel
+    from distill.serving.export import export
+    raw = seq_config(tmp_path, student=student, encoder="self_attention")
+    raw["teacher"]["model"] = "dnn"
+    raw["train"]["epochs"] = 1
+    run = train(config_from_dict(raw), quiet=True)
+    model = ExportedModel(export(run, "onnx", tmp_path / "exp", towers=student == "two_tower"))
+    assert model.manifest["leak_check"]["passed"]
+    test = pq.read_table(tmp_path / "test.parquet")
+    np.testing.assert_allclose(model.predict(test), run.predict(test), atol=1e-5, rtol=0)
+    if student == "two_tower":
+        spec = model.manifest["towers"]["user"]
+        assert spec["inputs"] == ["user", "hist"] and spec["leak_check"]["passed"]
+        logit = (model.vectors("user", test) * model.vectors("item", test)).sum(1)
+        np.testing.assert_allclose(1 / (1 + np.exp(-logit)), run.predict(test), atol=1e-5)
