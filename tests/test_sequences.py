@@ -302,3 +302,29 @@ def test_self_attention_exports_and_a_two_tower_user_tower_carries_the_sequence(
         assert spec["inputs"] == ["user", "hist"] and spec["leak_check"]["passed"]
         logit = (model.vectors("user", test) * model.vectors("item", test)).sum(1)
         np.testing.assert_allclose(1 / (1 + np.exp(-logit)), run.predict(test), atol=1e-5)
+
+
+def test_din_learns_a_history_signal_that_mean_pooling_misses(din_run, tmp_path):
+    """The synthetic click follows 'the candidate is among the previous items': attention with the
+    candidate as the query finds it; the mean of the history does not (one seed, measured 0.58 vs 0.51)."""
+    from distill.run import train
+    tmp, run = din_run
+    raw = seq_config(tmp, student="dnn", encoder="mean")
+    raw["output"] = str(tmp_path / "mean")
+    mean = train(config_from_dict(raw), quiet=True)
+    assert run.metrics["student"]["test"]["auc"] > mean.metrics["student"]["test"]["auc"] + 0.03
+
+
+def test_din_exposes_its_last_hidden_layer_for_hints_and_needs_a_candidate():
+    from distill.config import ModelConfig
+    from distill.data.batch import Batch
+    from distill.hints import Capture
+    from distill.models import build_model
+    from distill.models.parts import FeatureInfo
+    feats = (FeatureInfo("i", "categorical", 5), FeatureInfo("h", "sequence", 5, shares="i", max_len=3), FeatureInfo("x", "numeric"))
+    net = build_model(ModelConfig(model="din", hidden=[8, 6], embedding_dim=4), feats, 1)
+    cap = Capture(net, None, "distillation.hint.layer")
+    batch = Batch({"i": torch.tensor([1, 2, 3]), "h": torch.tensor([[2, 1, 0], [0, 0, 0], [4, 4, 4]]), "x": torch.randn(3, 2)})
+    assert net(batch).shape == (3,) and cap.value.shape == (3, 6)
+    with pytest.raises(ValueError, match="din attends over a behaviour sequence"):
+        build_model(ModelConfig(model="din"), feats[:1] + feats[2:], 1)
