@@ -328,3 +328,42 @@ def test_din_exposes_its_last_hidden_layer_for_hints_and_needs_a_candidate():
     assert net(batch).shape == (3,) and cap.value.shape == (3, 6)
     with pytest.raises(ValueError, match="din attends over a behaviour sequence"):
         build_model(ModelConfig(model="din"), feats[:1] + feats[2:], 1)
+
+
+def test_a_sequence_column_of_the_wrong_type_is_one_line_naming_it(tmp_path):
+    raw = seq_config(tmp_path)
+    t = pq.read_table(raw["data"]["train"])
+    pq.write_table(t.set_column(t.column_names.index("hist"), "hist", pa.array(np.arange(t.num_rows, dtype=float))),
+                   raw["data"]["train"])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(path), "-q"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"column 'hist' is double; a sequence feature is a list column" in r.output, r.output
+    assert not Path(raw["output"]).exists()
+
+
+def test_two_processes_train_a_shared_din_like_one(tmp_path):
+    """torchrun with 2 processes: the sequence tensors travel in the batch like any feature, and the
+    shared table and encoder are reduced once (the same updates as one process)."""
+    import os
+    import subprocess
+    import sys
+    from safetensors.torch import load_file
+
+    from distill.run import train
+    raw = seq_config(tmp_path, share_embeddings=True, share_sequence_encoder=True)
+    raw["train"]["epochs"] = 1
+    single = train(config_from_dict(raw), output=tmp_path / "single", quiet=True)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "distill", "train", str(path), "-q", "--output", str(tmp_path / "two")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert info["world_size"] == 2 and info["shared_sequence_encoders"] == ["hist"]
+    for role in ("teacher", "student"):
+        ours, theirs = load_file(tmp_path / "two" / f"{role}.safetensors"), load_file(single.path / f"{role}.safetensors")
+        assert any("sequences.hist" in k for k in theirs)
+        assert max((ours[k] - theirs[k]).abs().max().item() for k in theirs) < 1e-3

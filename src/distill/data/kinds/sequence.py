@@ -53,7 +53,7 @@ class SequenceFit:
         self.spec, self.counts, self.filled = spec, CategoryCounts(), 0
 
     def add(self, col: pa.ChunkedArray, where: str) -> None:
-        seqs = _bags(col, self.spec.name, where, self.spec.separator)
+        seqs = _bags(col, self.spec.name, where, self.spec.separator, "sequence")
         self.filled += col.null_count
         if not (self.spec.hash_buckets or self.spec.shares):  # a shared id space brings its own vocabulary
             self.counts.add(pc.list_flatten(seqs))
