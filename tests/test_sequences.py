@@ -37,10 +37,13 @@ def seq_table(n: int, seed: int) -> pa.Table:
     z = 2.5 * seen - 1.2 + intent
     y = (r.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
     return pa.table({"user": r.integers(0, 40, n), "item_id": pa.array(item), "hist": pa.array(hist, pa.list_(pa.int64())),
-                     "intent": intent + r.normal(0, 0.3, n), "click": y})
+                     "intent": intent + r.normal(0, 0.3, n), "click": y,
+                     # a side channel: each item's category, for the candidate and along its history
+                     "item_cat": pa.array([f"c{v % 4}" for v in item]),
+                     "hist_cat": pa.array([[f"c{h % 4}" for h in hs] for hs in hist], pa.list_(pa.string()))})
 
 
-def seq_config(tmp: Path, student: str = "din", encoder: str | None = None, **distillation) -> dict:
+def seq_config(tmp: Path, student: str = "din", encoder: str | None = None, side: bool = False, **distillation) -> dict:
     for name, n, seed in (("train", 1200, 1), ("valid", 300, 2), ("test", 300, 3)):
         if not (tmp / f"{name}.parquet").exists():
             pq.write_table(seq_table(n, seed), tmp / f"{name}.parquet")
@@ -51,7 +54,9 @@ def seq_config(tmp: Path, student: str = "din", encoder: str | None = None, **di
         "data": {"train": str(tmp / "train.parquet"), "valid": str(tmp / "valid.parquet"), "test": str(tmp / "test.parquet")},
         "task": {"type": "binary", "label": "click"},
         "features": [{"name": "user", "type": "categorical"}, {"name": "item_id", "type": "categorical"}, hist,
-                     {"name": "intent", "type": "numeric", "privileged": True}],
+                     {"name": "intent", "type": "numeric", "privileged": True}]
+        + ([{"name": "item_cat", "type": "categorical"},
+            {"name": "hist_cat", "type": "sequence", "shares": "item_cat", "side_of": "hist", "max_len": 5}] if side else []),
         "teacher": {"model": "din", "hidden": [16], "embedding_dim": 4},
         "student": {"model": student, "hidden": [8], "embedding_dim": 4, "tower_dim": 4,
                     "user_features": ["user", "hist"] if student == "two_tower" else None},
@@ -367,3 +372,93 @@ def test_two_processes_train_a_shared_din_like_one(tmp_path):
         ours, theirs = load_file(tmp_path / "two" / f"{role}.safetensors"), load_file(single.path / f"{role}.safetensors")
         assert any("sequences.hist" in k for k in theirs)
         assert max((ours[k] - theirs[k]).abs().max().item() for k in theirs) < 1e-3
+
+
+
+# ----------------------------------------------------------------------------- side channels
+
+
+def test_a_side_channel_is_added_to_its_items_and_to_dins_query_by_hand():
+    from distill.data.batch import Batch
+    from distill.models.parts import FeatureEmbedding, FeatureInfo
+    feats = (FeatureInfo("item", "categorical", 6), FeatureInfo("cat", "categorical", 4),
+             FeatureInfo("hist", "sequence", 6, shares="item", encoder="din", max_len=3),
+             FeatureInfo("hist_cat", "sequence", 4, shares="cat", max_len=3, side_of="hist"))
+    torch.manual_seed(0)
+    emb = FeatureEmbedding(feats, 2)
+    assert emb.sparse_names == ["item", "cat", "hist"] and emb.sides == {"hist": ["hist_cat"]}
+    assert set(emb.tables) == {"item", "cat"}  # both sequences read their candidates' tables
+    b = Batch({"item": torch.tensor([2, 3]), "cat": torch.tensor([1, 2]),
+               "hist": torch.tensor([[3, 4, 0], [0, 0, 0]]), "hist_cat": torch.tensor([[2, 3, 0], [0, 0, 0]])})
+    E, C = emb.tables["item"].weight, emb.tables["cat"].weight
+    keys = E[b["hist"]] + C[b["hist_cat"]]
+    query = E[b["item"]] + C[b["cat"]]
+    want = emb.sequences["hist"](keys, b["hist"] != 0, query)
+    torch.testing.assert_close(emb.fields(b)[:, 2], want)
+    assert torch.equal(want[1], torch.zeros(2))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda f: f.update(side_of="item_id"), "side_of 'item_id', which is not a sequence feature"),
+    (lambda f: f.update(max_len=7), "a side channel needs the max_len and privileged of 'hist' (5, False), not (7, False)"),
+    (lambda f: f.update(encoder="mean"), "a side channel has no encoder of its own"),
+])
+def test_bad_side_channel_config_is_one_line(tmp_path, edit, needle):
+    raw = seq_config(tmp_path, side=True)
+    edit(raw["features"][-1])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and needle in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_a_side_channel_of_another_length_is_one_line_naming_its_row(tmp_path):
+    raw = seq_config(tmp_path, side=True)
+    t = pq.read_table(raw["data"]["train"])
+    cats = t["hist_cat"].to_pylist()
+    row = next(i for i, c in enumerate(cats) if len(c) > 1)
+    cats[row] = cats[row][:-1]
+    pq.write_table(t.set_column(t.column_names.index("hist_cat"), "hist_cat", pa.array(cats, pa.list_(pa.string()))),
+                   raw["data"]["train"])
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(path), "-q"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"column 'hist_cat' (a side channel of 'hist') has another length than 'hist' in row {row}" in r.output, r.output
+
+
+@pytest.mark.parametrize("student", ["din", "two_tower"])
+def test_a_side_channel_trains_exports_and_serves(tmp_path, student):
+    from fastapi.testclient import TestClient
+
+    from distill.run import train
+    from distill.serving import ExportedModel
+    from distill.serving.export import export
+    from distill.serving.service import create_app
+    raw = seq_config(tmp_path, student=student, encoder="mean" if student == "two_tower" else None, side=True)
+    raw["train"]["epochs"] = 1
+    if student == "two_tower":
+        raw["student"]["user_features"] = ["user", "hist", "hist_cat"]
+    run = train(config_from_dict(raw), quiet=True)
+    model = ExportedModel(export(run, "onnx", tmp_path / "exp", towers=student == "two_tower"))
+    assert "hist_cat" in model.graph_inputs and model.manifest["leak_check"]["passed"]
+    test = pq.read_table(tmp_path / "test.parquet")
+    np.testing.assert_allclose(model.predict(test), run.predict(test), atol=1e-5, rtol=0)
+    if student == "two_tower":
+        assert model.manifest["towers"]["user"]["inputs"] == ["user", "hist", "hist_cat"]
+        return
+    client = TestClient(create_app(model))
+    row = {"user": 3, "item_id": 4, "item_cat": "c0", "hist": [4, 7], "hist_cat": ["c0", "c3"]}
+    ok = client.post("/predict", json=row)
+    assert ok.status_code == 200 and ok.json()["predictions"][0] == pytest.approx(float(run.predict([row])[0]), abs=1e-5)
+    bad = client.post("/predict", json={**row, "hist_cat": ["c0"]})
+    assert bad.status_code == 422 and "'hist_cat' (a side channel of 'hist')" in bad.json()["error"], bad.text
+
+
+def test_validate_lists_a_side_channel(tmp_path):
+    raw = seq_config(tmp_path, side=True)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "sequence, side of hist, ids of item_cat" in r.output and "sequence, mean, ids of item_id" in r.output

@@ -56,6 +56,9 @@ class FeatureConfig(Strict):
     shares: str | None = None
     # sequence: how its items become one vector (models/sequence.py); None: mean
     encoder: Literal["mean", "din", "self_attention"] | None = None
+    # sequence: a side channel of this sequence (e.g. each item's category), one id per item; its
+    # embeddings are added to the items' before the encoder, and it is no field of its own
+    side_of: str | None = None
 
 
 class ModelConfig(Strict):
@@ -262,7 +265,7 @@ def _check_sequences(features: list[FeatureConfig]) -> None:
     for f in features:
         where = f"feature '{f.name}'"
         if f.type != "sequence":
-            for key in ("shares", "encoder"):
+            for key in ("shares", "encoder", "side_of"):
                 if getattr(f, key) is not None:
                     raise ValueError(f"{where}: '{key}' applies to type 'sequence' only (this one is {f.type})")
             continue
@@ -274,6 +277,16 @@ def _check_sequences(features: list[FeatureConfig]) -> None:
                                  f"(categorical features: {', '.join(cats) or 'none'})")
             if f.hash_buckets is not None:
                 raise ValueError(f"{where}: set either 'shares' (the ids of '{f.shares}') or 'hash_buckets', not both")
+        if f.side_of is not None:
+            main = by_name.get(f.side_of)
+            if main is None or main.type != "sequence" or main.side_of is not None:
+                raise ValueError(f"{where}: side_of '{f.side_of}', which is not a sequence feature of this config "
+                                 f"(a side channel runs beside a sequence, id by id)")
+            if f.encoder is not None:
+                raise ValueError(f"{where}: a side channel has no encoder of its own (it is added to '{f.side_of}' before its encoder)")
+            if f.max_len != main.max_len or f.privileged != main.privileged:
+                raise ValueError(f"{where}: a side channel needs the max_len and privileged of '{f.side_of}' "
+                                 f"({main.max_len}, {main.privileged}), not ({f.max_len}, {f.privileged})")
         if f.encoder == "din" and f.shares is None:
             raise ValueError(f"{where}: encoder 'din' attends with the candidate item as its query: "
                              f"name the candidate's categorical feature with 'shares'")

@@ -60,7 +60,8 @@ def feature_infos(encoders: Encoders, names: list[str]) -> tuple[FeatureInfo, ..
         e = encoders.features[n]
         if e.kind != "sequence":
             return FeatureInfo(n, e.kind, e.cardinality)
-        return FeatureInfo(n, e.kind, e.cardinality, shares=e.shares, encoder=e.encoder, max_len=e.max_len)
+        return FeatureInfo(n, e.kind, e.cardinality, shares=e.shares, encoder=e.encoder, max_len=e.max_len,
+                           side_of=e.side_of)
     return tuple(info(n) for n in names)
 
 

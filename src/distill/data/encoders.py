@@ -26,6 +26,7 @@ from distill.data.kinds import KINDS, FeatureEncoder, feature_from_dict, fit_fea
 from distill.data.kinds.categorical import FIRST, OOV, PAD, CategoryIndex, _as_strings, _categories  # noqa: F401
 from distill.data.kinds.multi_categorical import _bags  # noqa: F401
 from distill.data.kinds.numeric import Moments, _numbers
+from distill.data.kinds.sequence import check_sides
 from distill.errors import DistillError
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class Encoders:
             arrays[n] = arr
             if filled:
                 missing[n] = filled
+        check_sides(self.features, arrays, where)  # a sequence's side channels line up with it
         return arrays, missing
 
     def encode(self, cfg: Config, table: pa.Table, where: str, features: list[str] | None = None,

@@ -23,6 +23,7 @@ class FeatureInfo:
     shares: str | None = None  # sequence: the categorical feature whose table it reads (its candidate)
     encoder: str | None = None  # sequence: mean | din | self_attention (None: mean)
     max_len: int = 16  # sequence: longest history (self_attention's positions)
+    side_of: str | None = None  # sequence: the sequence it is a side channel of (added to its items)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class FeatureEmbedding(nn.Module):
                  encoder: str | None = None, pool_only: bool = False):
         super().__init__()
         self.dim = dim
-        self.sparse_names = [f.name for f in features if f.type != "numeric"]
+        self.sparse_names = [f.name for f in features if f.type != "numeric" and f.side_of is None]
         self.numeric_names = [f.name for f in features if f.type == "numeric"]
         self.tables = nn.ModuleDict()
         for f in features:
@@ -86,8 +87,17 @@ class FeatureEmbedding(nn.Module):
         self.sequences = nn.ModuleDict()
         self.table_of: dict[str, str] = {}  # sequence → the table it reads
         self.query_of: dict[str, str] = {}  # sequence → its candidate feature, for encoders that need one
+        self.sides: dict[str, list[str]] = {}  # sequence → its side channels
+        self.side_query: dict[str, str] = {}  # side channel → the candidate's side feature (its category)
         for f in features:
-            if f.type == "sequence":
+            if f.type == "sequence" and f.side_of is not None:
+                if not any(g.name == f.side_of and g.type == "sequence" for g in features):
+                    raise ValueError(f"feature '{f.name}': a side channel of '{f.side_of}', which this model does not read")
+                self.sides.setdefault(f.side_of, []).append(f.name)
+                self.table_of[f.name] = f.shares if self._reads_candidate(f, features) else f.name
+                if self._reads_candidate(f, features):
+                    self.side_query[f.name] = f.shares  # the candidate's side (its category) joins din's query
+            elif f.type == "sequence":
                 forced = encoder if self._reads_candidate(f, features) else None
                 self._add_sequence(f, features, dim, "mean" if pool_only else forced or f.encoder or "mean")
 
@@ -110,10 +120,15 @@ class FeatureEmbedding(nn.Module):
             self.query_of[f.name] = f.shares
 
     def sequence(self, name: str, batch: Batch) -> torch.Tensor:
-        """A sequence feature's (B, L) ids → (B, D) by its encoder; 0 is padding."""
+        """A sequence feature's (B, L) ids → (B, D) by its encoder; 0 is padding. Each side channel's
+        embeddings are added to the items' (and, for din, its candidate's to the query)."""
         ids = batch[name]
         keys = self.tables[self.table_of[name]](ids)  # (B, L, D)
         query = self.lookup(self.query_of[name], batch[self.query_of[name]]) if name in self.query_of else None
+        for side in self.sides.get(name, []):
+            keys = keys + self.tables[self.table_of[side]](batch[side])  # (B, L, D): one id per item
+            if query is not None and side in self.side_query:
+                query = query + self.lookup(self.side_query[side], batch[self.side_query[side]])
         return self.sequences[name](keys, ids != 0, query)
 
     @property

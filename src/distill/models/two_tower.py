@@ -28,6 +28,11 @@ class TwoTower(nn.Module):
                 raise ValueError(f"feature '{seq}': encoder 'din' attends with the candidate '{candidate}', which is in "
                                  f"the other tower; a two-tower model scores by the towers' inner product alone "
                                  f"(use encoder mean or self_attention)")
+        for seq, sides in self.embedding.sides.items():
+            for side in sides:
+                if (side in users) != (seq in users):
+                    raise ValueError(f"feature '{side}': a side channel of '{seq}' belongs to the same tower as '{seq}' "
+                                     f"(list both in user_features, or neither)")
         self.user_sparse = [n for n in self.embedding.sparse_names if n in users]
         self.user_dense = [n for n in self.embedding.numeric_names if n in users]
         self.item_sparse = [n for n in self.embedding.sparse_names if n not in users]
@@ -53,13 +58,16 @@ class TwoTower(nn.Module):
         v = self.tower(batch, self.item_sparse, self.item_dense, self.item_tower)
         return torch.cat([v, self.bias.expand(v.shape[0], 1)], dim=1)
 
+    def _sides(self, sparse: list[str]) -> list[str]:
+        return [s for n in sparse for s in self.embedding.sides.get(n, [])]  # read inside their sequence's field
+
     @property
     def user_features(self) -> list[str]:
-        return self.user_sparse + self.user_dense
+        return self.user_sparse + self._sides(self.user_sparse) + self.user_dense
 
     @property
     def item_features(self) -> list[str]:
-        return self.item_sparse + self.item_dense
+        return self.item_sparse + self._sides(self.item_sparse) + self.item_dense
 
     def forward(self, batch: Batch) -> torch.Tensor:
         u = self.tower(batch, self.user_sparse, self.user_dense, self.user_tower)

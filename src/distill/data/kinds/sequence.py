@@ -23,15 +23,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import StrictStr
 
-from distill.data.kinds.categorical import Category, CategoryCounts, CategoryIndex, check_index, first_category
+from distill.data.kinds.categorical import Category, CategoryCounts, CategoryIndex, check_index, drawer, first_category
 from distill.data.kinds.kind import Kind
 from distill.data.kinds.multi_categorical import BagEncoder, _bags, _sample, bag_from_json
+from distill.errors import DistillError
 
 
 @dataclass
 class SequenceEncoder(BagEncoder):
     shares: str | None = None  # a categorical feature whose vocabulary (and table) this uses
     encoder: str | None = None  # mean | din | self_attention (None: mean)
+    side_of: str | None = None  # the sequence this one runs beside, id by id (a side channel)
     kind: ClassVar[str] = "sequence"
 
     def encode(self, col: pa.ChunkedArray, where: str) -> tuple[np.ndarray, int]:
@@ -39,13 +41,13 @@ class SequenceEncoder(BagEncoder):
         return ids, col.null_count  # an empty history is a fact (a new user), only a null is missing
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "shares": self.shares, "encoder": self.encoder}
+        return {**super().to_dict(), "shares": self.shares, "encoder": self.encoder, "side_of": self.side_of}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SequenceEncoder":
         return cls(d["name"], CategoryIndex(vocab=d.get("vocab"), hash_buckets=d.get("hash_buckets")),
                    max_len=d.get("max_len", 16), separator=d.get("separator", " "),
-                   shares=d.get("shares"), encoder=d.get("encoder"))
+                   shares=d.get("shares"), encoder=d.get("encoder"), side_of=d.get("side_of"))
 
 
 class SequenceFit:
@@ -61,7 +63,31 @@ class SequenceFit:
     def result(self) -> SequenceEncoder:
         return SequenceEncoder(self.spec.name, self.counts.index(self.spec.min_count, self.spec.hash_buckets),
                                max_len=self.spec.max_len, separator=self.spec.separator,
-                               shares=self.spec.shares, encoder=self.spec.encoder)
+                               shares=self.spec.shares, encoder=self.spec.encoder, side_of=self.spec.side_of)
+
+
+def sample_side(enc: SequenceEncoder, main: pa.Array, main_separator: str, rng: np.random.Generator) -> pa.Array:
+    """Plausible values of the side channel `enc` for the sampled sequence `main`: one per item (the
+    leak check's synthetic rows must line up as real ones do)."""
+    draw = drawer(enc, rng)
+    out = []
+    for v in main.to_pylist():
+        k = 0 if v is None else len([t for t in v.split(main_separator) if t != ""])
+        out.append(None if v is None else enc.separator.join(draw() for _ in range(k)))
+    return pa.array(out, pa.string())
+
+
+def check_sides(encoders: dict[str, Any], arrays: dict[str, np.ndarray], where: str) -> None:
+    """A side channel holds one id per item of its sequence: the same length on every row."""
+    for name, enc in encoders.items():
+        main = getattr(enc, "side_of", None)
+        if main is None or name not in arrays or main not in arrays:
+            continue
+        # equal lengths on every row (and one max_len, config.py) give one width too
+        bad = np.flatnonzero((arrays[name] != 0).sum(1) != (arrays[main] != 0).sum(1))
+        if len(bad):
+            raise DistillError(f"{where}: column '{name}' (a side channel of '{main}') has another length than '{main}' "
+                               f"in row {int(bad[0])}: it needs one value per item of '{main}'")
 
 
 KIND = Kind(
