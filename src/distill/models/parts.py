@@ -53,7 +53,8 @@ class FeatureEmbedding(nn.Module):
 
     A sequence feature is one field too: its items' embeddings encoded to (B, D) by
     `sequences[name]` (models/sequence.py). With `shares` naming a categorical feature this
-    model reads, it has no table of its own: it reads the candidate's. `encoder` overrides every
+    model reads, it has no table of its own: it reads the candidate's. A side channel (`side_of`) is
+    no field: its embeddings are added to its sequence's items. `encoder` overrides every
     sequence's encoder (the din model); `pool_only` mean-pools them (wide and first-order parts,
     whose 1-wide "embeddings" are weights, not vectors to attend over).
     """

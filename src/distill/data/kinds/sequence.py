@@ -9,6 +9,10 @@ after fitting, in encoders.fit_encoders) and, in a model that reads both, its em
 candidate and its history are rows of one table. An id of the history that the candidate column
 never held in training is out of vocabulary.
 
+A side channel (`side_of: hist`, e.g. each item's category) is a sequence too, one id per item of
+`hist`: `check_sides` refuses rows whose lengths differ, and the models add its embeddings to the
+items' (models/parts.py).
+
 The encoding is a bag's (multi_categorical.py: list column or separated string, cut at max_len);
 what differs is what the models do with it (models/sequence.py: mean, din, self_attention), so
 the encoder subclasses the bag's rather than copying it.
