@@ -212,6 +212,9 @@ def test_sync_run_shares_the_encoder_and_saves_it_in_both_models(tmp_path):
     assert info["shared_tables"] == ["user", "item_id"] and info["shared_sequence_encoders"] == ["hist"]
     t, s = run.models["teacher"].embedding.sequences["hist"], run.models["student"].embedding.sequences["hist"]
     assert all(torch.equal(a, b) for a, b in zip(t.state_dict().values(), s.state_dict().values()))
+    from distill.report import write_report
+    write_report(run.path, tmp_path / "report")  # the report says it too
+    assert "Shared sequence encoders: hist." in (tmp_path / "report" / "report.md").read_text()
 
 
 # ----------------------------------------------------------------------------- where the user meets it
@@ -462,3 +465,19 @@ def test_validate_lists_a_side_channel(tmp_path):
     r = runner.invoke(app, ["validate", str(path)])
     assert r.exit_code == 0, r.output
     assert "sequence, side of hist, ids of item_cat" in r.output and "sequence, mean, ids of item_id" in r.output
+
+
+@pytest.mark.parametrize("encoder", ["mean", "din", "self_attention"])
+def test_a_batch_padded_wider_gives_the_same_logits(encoder):
+    """Streamed chunks and requests pad to their own longest history: the width must not matter."""
+    from distill.data.batch import Batch
+    from distill.models import MODELS
+    from distill.models.parts import FeatureInfo, ModelSpec
+    feats = (FeatureInfo("item", "categorical", 9), FeatureInfo("hist", "sequence", 9, shares="item", encoder=encoder, max_len=8))
+    torch.manual_seed(0)
+    model = MODELS["dnn"](ModelSpec(features=feats, out_dim=1, hidden=(8,), embedding_dim=4)).eval()
+    hist = torch.tensor([[3, 4, 0], [5, 0, 0], [0, 0, 0], [2, 2, 7]])
+    items = torch.tensor([3, 1, 2, 7])
+    narrow = model(Batch({"item": items, "hist": hist}))
+    wide = model(Batch({"item": items, "hist": torch.nn.functional.pad(hist, (0, 4))}))
+    torch.testing.assert_close(wide, narrow, rtol=0, atol=1e-6)
