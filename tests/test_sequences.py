@@ -481,3 +481,13 @@ def test_a_batch_padded_wider_gives_the_same_logits(encoder):
     narrow = model(Batch({"item": items, "hist": hist}))
     wide = model(Batch({"item": items, "hist": torch.nn.functional.pad(hist, (0, 4))}))
     torch.testing.assert_close(wide, narrow, rtol=0, atol=1e-6)
+
+
+def test_torchscript_export_of_din_matches_the_run(din_run, tmp_path):
+    from distill.serving import ExportedModel
+    from distill.serving.export import export
+    tmp, run = din_run
+    model = ExportedModel(export(run, "torchscript", tmp_path / "ts"), trust_torchscript=True)
+    test = pq.read_table(tmp / "test.parquet")
+    assert model.manifest["leak_check"]["passed"]
+    np.testing.assert_allclose(model.predict(test), run.predict(test), atol=1e-5, rtol=0)
