@@ -174,6 +174,7 @@ def test_bad_sequence_config_is_one_line(tmp_path, edit, needle):
 
 
 def test_shared_sequence_encoder_is_one_module_and_which_losses_reach_it():
+    from distill.data.batch import Batch
     from distill.losses import distill_loss, hard_loss
     from distill.models import MODELS
     from distill.models.parts import FeatureInfo, ModelSpec, share_sequence_encoders, share_tables
@@ -186,7 +187,7 @@ def test_shared_sequence_encoder_is_one_module_and_which_losses_reach_it():
     assert share_sequence_encoders(teacher, student, ["item", "hist"]) == ["hist"]
     assert student.embedding.sequences["hist"] is teacher.embedding.sequences["hist"]
     g = torch.Generator().manual_seed(1)
-    batch = __import__("distill.data.batch", fromlist=["Batch"]).Batch(
+    batch = Batch(
         {"item": torch.randint(1, 9, (6,), generator=g), "hist": torch.randint(0, 9, (6, 4), generator=g),
          "intent": torch.randn(6, 2, generator=g)})
     enc = teacher.embedding.sequences["hist"]
@@ -222,7 +223,6 @@ def test_sync_run_shares_the_encoder_and_saves_it_in_both_models(tmp_path):
 
 @pytest.fixture(scope="module")
 def din_run(tmp_path_factory):
-    from distill.run import train
     tmp = tmp_path_factory.mktemp("din")
     raw = seq_config(tmp)
     path = tmp / "c.yaml"
@@ -347,7 +347,7 @@ def test_a_sequence_column_of_the_wrong_type_is_one_line_naming_it(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     r = runner.invoke(app, ["train", str(path), "-q"])
     assert r.exit_code == 2 and "Traceback" not in r.output
-    assert f"column 'hist' is double; a sequence feature is a list column" in r.output, r.output
+    assert "column 'hist' is double; a sequence feature is a list column" in r.output, r.output
     assert not Path(raw["output"]).exists()
 
 
