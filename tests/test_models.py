@@ -12,8 +12,10 @@ FEATURES = (
     FeatureInfo("price", "numeric"),
     FeatureInfo("tags", "multi_categorical", 7),
     FeatureInfo("intent", "numeric"),  # privileged in these tests
+    # a behaviour sequence over the item's ids and table (the din model attends to it with 'item')
+    FeatureInfo("hist", "sequence", 9, shares="item", encoder="self_attention", max_len=4),
 )
-SERVING = ["user", "item", "price", "tags"]
+SERVING = ["user", "item", "price", "tags", "hist"]
 
 
 def batch(n=6, names=None):
@@ -24,6 +26,7 @@ def batch(n=6, names=None):
         "price": torch.randn(n, 2, generator=g),
         "tags": torch.randint(0, 7, (n, 3), generator=g),
         "intent": torch.randn(n, 2, generator=g),
+        "hist": torch.randint(0, 9, (n, 4), generator=g),  # 0s are padding
     }
     b = Batch(feats, y=torch.zeros(n))
     return b.select(names) if names else b

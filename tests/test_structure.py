@@ -177,7 +177,7 @@ def test_load_run_leaves_torchs_rng_as_it_was(tiny_run):
 
 
 COLUMNS = {"categorical": ["a", "b", None, "a"], "numeric": [1.0, None, 3.5, float("inf")],
-           "multi_categorical": ["a b", "", None, "c a b"]}
+           "multi_categorical": ["a b", "", None, "c a b"], "sequence": ["a b", "", None, "c a b"]}
 
 
 def test_the_config_offers_exactly_the_registered_kinds():

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from distill.errors import DistillError
 
-FeatureType = Literal["categorical", "numeric", "multi_categorical"]
-BUILTIN_MODELS = ("dnn", "wide_deep", "deepfm", "dcn_v2", "two_tower")
+FeatureType = Literal["categorical", "numeric", "multi_categorical", "sequence"]
+BUILTIN_MODELS = ("dnn", "wide_deep", "deepfm", "dcn_v2", "two_tower", "din")
 
 
 class Strict(BaseModel):
@@ -52,6 +52,13 @@ class FeatureConfig(Strict):
     min_count: int = Field(default=1, ge=1)
     max_len: int = Field(default=16, gt=0)  # multi_categorical: longest bag kept
     separator: str = " "  # multi_categorical given as a string
+    # sequence (data/kinds/sequence.py): a categorical feature whose ids and table it uses (the candidate)
+    shares: str | None = None
+    # sequence: how its items become one vector (models/sequence.py); None: mean
+    encoder: Literal["mean", "din", "self_attention"] | None = None
+    # sequence: a side channel of this sequence (e.g. each item's category), one id per item; its
+    # embeddings are added to the items' before the encoder, and it is no field of its own
+    side_of: str | None = None
 
 
 class ModelConfig(Strict):
@@ -105,6 +112,8 @@ class DistillationConfig(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     temperature: float = Field(default=1.0, gt=0.0)
     share_embeddings: bool = False
+    # sync: teacher and student also use one encoder module (din / self_attention) per sequence feature
+    share_sequence_encoder: bool = False
     separate_embeddings: list[str] = Field(default_factory=list)
     teacher_checkpoint: str | None = None
     soft_label: str | None = None
@@ -241,9 +250,46 @@ class Config(Strict):
             for n in self.teachers:
                 if not n.replace("_", "").replace("-", "").isalnum():
                     raise ValueError(f"teachers: the name '{n}' must be letters, digits, '_' or '-' (it names a file)")
+        _check_sequences(self.features)
+        if self.distillation.share_sequence_encoder and not self.distillation.share_embeddings:
+            raise ValueError("distillation.share_sequence_encoder: needs distillation.share_embeddings: true "
+                             "(an encoder shared over two models' separate tables would read different vectors)")
         if not any(not f.privileged for f in self.features):
             raise ValueError("every feature is privileged: the student would have nothing to serve on")
         return self
+
+
+def _check_sequences(features: list[FeatureConfig]) -> None:
+    """`shares` and `encoder` belong to sequence features; `shares` names a categorical one."""
+    by_name = {f.name: f for f in features}
+    for f in features:
+        where = f"feature '{f.name}'"
+        if f.type != "sequence":
+            for key in ("shares", "encoder", "side_of"):
+                if getattr(f, key) is not None:
+                    raise ValueError(f"{where}: '{key}' applies to type 'sequence' only (this one is {f.type})")
+            continue
+        if f.shares is not None:
+            target = by_name.get(f.shares)
+            if target is None or target.type != "categorical":
+                cats = [g.name for g in features if g.type == "categorical"]
+                raise ValueError(f"{where}: shares '{f.shares}', which is not a categorical feature of this config "
+                                 f"(categorical features: {', '.join(cats) or 'none'})")
+            if f.hash_buckets is not None:
+                raise ValueError(f"{where}: set either 'shares' (the ids of '{f.shares}') or 'hash_buckets', not both")
+        if f.side_of is not None:
+            main = by_name.get(f.side_of)
+            if main is None or main.type != "sequence" or main.side_of is not None:
+                raise ValueError(f"{where}: side_of '{f.side_of}', which is not a sequence feature of this config "
+                                 f"(a side channel runs beside a sequence, id by id)")
+            if f.encoder is not None:
+                raise ValueError(f"{where}: a side channel has no encoder of its own (it is added to '{f.side_of}' before its encoder)")
+            if f.max_len != main.max_len or f.privileged != main.privileged:
+                raise ValueError(f"{where}: a side channel needs the max_len and privileged of '{f.side_of}' "
+                                 f"({main.max_len}, {main.privileged}), not ({f.max_len}, {f.privileged})")
+        if f.encoder == "din" and f.shares is None:
+            raise ValueError(f"{where}: encoder 'din' attends with the candidate item as its query: "
+                             f"name the candidate's categorical feature with 'shares'")
 
 
 # ----------------------------------------------------------------------------- loading and errors

@@ -33,6 +33,7 @@ SAMPLE_ROWS = 100_000
 LABEL_NAMES = ("click", "clicked", "is_click", "conversion", "converted", "is_conversion", "purchase",
                "purchased", "label", "target", "y", "outcome", "class")
 ID_NAME = re.compile(r"(^|_)(id|uid|sid|key|code)$|_id$|^id_", re.I)
+HISTORY_NAME = re.compile(r"(hist|seq|recent|prev|past|behav|clicked_|viewed|watched)", re.I)
 COUNT_NAME = re.compile(r"(count|cnt|clicks|views|num_|n_|seconds|secs|duration|price|amount|revenue|rate|ratio|score|sum|avg|mean)", re.I)
 FEW_VALUES = 50  # an integer column with at most this many distinct values is taken as a code
 HASH_ABOVE = 100_000  # a categorical with more distinct values than this gets hashed
@@ -43,10 +44,11 @@ GROUP_NAMES = ("user_id", "uid", "userid", "user", "query_id", "session_id")
 @dataclass
 class ColumnGuess:
     name: str
-    type: str | None  # categorical | numeric | multi_categorical | None (left out)
+    type: str | None  # categorical | numeric | multi_categorical | sequence | None (left out)
     why: str
     separator: str | None = None
     hash_buckets: int | None = None
+    shares: str | None = None  # sequence: the categorical column whose ids it holds
 
 
 @dataclass
@@ -194,11 +196,38 @@ def guess(table: pa.Table, label: str | None = None, ask: Callable[[list[str]], 
             raise DistillError(f"'{label}' is not a column of {where}")
     task, why_task = guess_task(label, table.column(label))
     columns = [guess_column(n, table.column(n)) for n in names if n != label]
+    _guess_sequences(table, columns)
     if not any(c.type for c in columns):
         raise DistillError(f"{where}: no column besides the label '{label}' looks usable as a feature")
     lower = {n.lower(): n for n in names if n != label}
     group = next((lower[g] for g in GROUP_NAMES if g in lower), None)
     return Guesses(label, task, f"label {why_label}; {task}: {why_task}", columns, group, table.num_rows)
+
+
+def _guess_sequences(table: pa.Table, columns: list[ColumnGuess]) -> None:
+    """A list column whose values are mostly the values of a categorical column is that column's
+    history: a sequence sharing its ids (data/kinds/sequence.py); a list column named like a
+    history is a sequence of its own ids. Other list columns stay bags."""
+    cats = [c.name for c in columns if c.type == "categorical"]
+    for c in columns:
+        t = table.column(c.name).type
+        if c.type != "multi_categorical" or not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+            continue
+        try:
+            values = set(pc.unique(pc.cast(pc.list_flatten(table.column(c.name)), pa.string())).to_pylist()) - {None}
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        best, share = 0.0, None
+        for name in cats:
+            other = set(pc.unique(pc.cast(table.column(name), pa.string())).to_pylist()) - {None}
+            overlap = len(values & other) / max(1, len(values | other))  # Jaccard: a wider id column is a worse match
+            if overlap > best:
+                best, share = overlap, name
+        if best >= 0.5:
+            c.type, c.shares = "sequence", share
+            c.why = f"{t}: a list of the values of '{share}' ({best:.0%} overlap): its history, most recent first?"
+        elif HISTORY_NAME.search(c.name):
+            c.type, c.why = "sequence", f"{t}: a list named like a history (most recent first?)"
 
 
 def _guess_label(table: pa.Table) -> tuple[str | None, str]:
@@ -260,7 +289,8 @@ def render(g: Guesses, data: str, config_path: str) -> str:
         "",
         "# One entry per input column. categorical: ids and codes, an embedding per value; numeric:",
         "# standardised, a missing value is filled and flagged; multi_categorical: a bag of values (a list",
-        "# column or a string with a separator), embeddings averaged.",
+        "# column or a string with a separator), embeddings averaged; sequence: the ids seen before this row,",
+        "# most recent first (shares: the candidate's column; encoder: mean | din | self_attention).",
         "# privileged: true marks a column that is in the training logs but NOT available when serving",
         "# (post-click signals such as dwell time, user x item statistics a two-tower model cannot use).",
         "# Only the teacher reads it; the student never can. Nothing is privileged until you say so, and",
@@ -276,7 +306,7 @@ def render(g: Guesses, data: str, config_path: str) -> str:
     lines += [
         "",
         "# The teacher may be bigger and reads every feature (privileged ones included); the student reads",
-        "# the serving features only and is what you deploy. Models: dnn | wide_deep | deepfm | dcn_v2 | two_tower.",
+        "# the serving features only and is what you deploy. Models: dnn | wide_deep | deepfm | dcn_v2 | two_tower | din.",
         "teacher:",
         "  model: dnn",
         "  hidden: [512, 256, 128]",
@@ -311,7 +341,8 @@ def _c(line: str, comment: str, width: int = 44) -> str:
 
 def _feature(c: ColumnGuess) -> str:
     extra = (f", separator: {json.dumps(c.separator)}" if c.separator and c.separator != " " else "") + \
-            (f", hash_buckets: {c.hash_buckets}" if c.hash_buckets else "")
+            (f", hash_buckets: {c.hash_buckets}" if c.hash_buckets else "") + \
+            (f", shares: {_y(c.shares)}" if c.shares else "")
     return f"- {{name: {_y(c.name)}, type: {c.type}{extra}, privileged: false}}"
 
 

@@ -211,6 +211,13 @@ def share(ctx: Context) -> None:
     common = [n for n in s.features if n in t.features and n not in d.separate_embeddings]
     ctx.info["shared_tables"] = share_tables(t.module, s.module, common)
     ctx.log.info(f"sharing embedding tables: {', '.join(ctx.info['shared_tables']) or 'none'}")
+    if d.share_sequence_encoder:  # models/sequence.py: one din / self_attention module per sequence
+        from distill.models.parts import share_sequence_encoders
+        try:
+            ctx.info["shared_sequence_encoders"] = share_sequence_encoders(t.module, s.module, common)
+        except ValueError as e:
+            raise DistillError(f"distillation.share_sequence_encoder: {e}") from None
+        ctx.log.info(f"sharing sequence encoders: {', '.join(ctx.info['shared_sequence_encoders']) or 'none'}")
 
 
 def teachers_of(ctx: Context) -> list[Member]:

@@ -209,6 +209,8 @@ def _setup(run: Any, info: dict) -> str:
         parts.append(f"trained in {secs:.0f} s" + (f" (the baseline: {info['baseline_seconds']:.0f} s)." if "baseline_seconds" in info else "."))
     if info.get("shared_tables"):
         parts.append(f"Shared embedding tables: {', '.join(info['shared_tables'])}.")
+    if info.get("shared_sequence_encoders"):
+        parts.append(f"Shared sequence encoders: {', '.join(info['shared_sequence_encoders'])}.")
     return " ".join(parts)
 
 

@@ -56,7 +56,13 @@ ROLES = ("teacher", "student", "baseline")
 
 
 def feature_infos(encoders: Encoders, names: list[str]) -> tuple[FeatureInfo, ...]:
-    return tuple(FeatureInfo(n, encoders.features[n].kind, encoders.features[n].cardinality) for n in names)
+    def info(n: str) -> FeatureInfo:
+        e = encoders.features[n]
+        if e.kind != "sequence":
+            return FeatureInfo(n, e.kind, e.cardinality)
+        return FeatureInfo(n, e.kind, e.cardinality, shares=e.shares, encoder=e.encoder, max_len=e.max_len,
+                           side_of=e.side_of)
+    return tuple(info(n) for n in names)
 
 
 def build(cfg: Config, encoders: Encoders, role: str, seed: int) -> tuple[nn.Module, list[str]]:

@@ -231,8 +231,11 @@ def objective(shared: Shared, cfg: Config, space: TuneConfig):
                 teacher, student = shared.member(c, "teacher"), shared.member(c, "student")
                 if d.share_embeddings:
                     from distill.models.parts import share_tables
-                    share_tables(teacher.module, student.module,
-                                 [n for n in student.features if n in teacher.features and n not in d.separate_embeddings])
+                    common = [n for n in student.features if n in teacher.features and n not in d.separate_embeddings]
+                    share_tables(teacher.module, student.module, common)
+                    if d.share_sequence_encoder:  # as recipes.share does (models/sequence.py)
+                        from distill.models.parts import share_sequence_encoders
+                        share_sequence_encoders(teacher.module, student.module, common)
                 s = phases.fit_together(teacher, student, shared.loader, shared.splits.valid, shared.label, plan,
                                         lam=lam, temperature=d.temperature, log=log)
         except DistillError as e:

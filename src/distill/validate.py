@@ -134,7 +134,9 @@ def render(v: Validation, cfg: Config, console: Any) -> None:
     for m in readers:
         feats.add_column(m.role, justify="center")
     for f in cfg.features:
-        feats.add_row(escape(f.name), f.type, "[bold]yes[/]" if f.privileged else "",
+        kind = f.type if f.type != "sequence" else (f"sequence, side of {f.side_of}" if f.side_of else f"sequence, {f.encoder or 'mean'}") \
+            + (f", ids of {f.shares}" if f.shares else "")
+        feats.add_row(escape(f.name), escape(kind), "[bold]yes[/]" if f.privileged else "",
                       *["✓" if f.name in m.features else "" for m in readers])
     console.print(feats)
     models = Table(title="what would be trained", title_justify="left")

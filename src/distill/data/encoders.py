@@ -26,6 +26,7 @@ from distill.data.kinds import KINDS, FeatureEncoder, feature_from_dict, fit_fea
 from distill.data.kinds.categorical import FIRST, OOV, PAD, CategoryIndex, _as_strings, _categories  # noqa: F401
 from distill.data.kinds.multi_categorical import _bags  # noqa: F401
 from distill.data.kinds.numeric import Moments, _numbers
+from distill.data.kinds.sequence import check_sides
 from distill.errors import DistillError
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class Encoders:
             arrays[n] = arr
             if filled:
                 missing[n] = filled
+        check_sides(self.features, arrays, where)  # a sequence's side channels line up with it
         return arrays, missing
 
     def encode(self, cfg: Config, table: pa.Table, where: str, features: list[str] | None = None,
@@ -228,6 +230,9 @@ def fit_encoders(features: list[FeatureConfig], task: TaskConfig, chunks: Iterab
         _each(lambda f: fits[f.name].add(table.column(f.name), at), features, workers)
         label.add(table.column(task.label), at)
     encoders = Encoders({n: fit.result() for n, fit in fits.items()}, label.result(where))
+    for f in features:
+        if getattr(f, "shares", None):  # a sequence in the id space of its candidate (data/kinds/sequence.py)
+            encoders.features[f.name].index = encoders.features[f.shares].index
     return encoders, {n: fit.filled for n, fit in fits.items() if fit.filled}
 
 

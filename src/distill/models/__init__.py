@@ -5,6 +5,11 @@ logits: (B,) for binary and regression, (B, C) for multiclass. A user's own fact
 ``model: "module:pkg.mod:factory"``, imported from sys.path (an installed package, or a directory on
 PYTHONPATH; `python -m distill` does not search the working directory). Importing it runs its code:
 a run directory whose config names one is code, not data (README, "Trust boundary").
+
+What the batch gives a model: `batch[name]` per feature it reads: categorical int64 (B,), numeric
+float32 (B, 2) (value, missing), multi_categorical and sequence int64 (B, L), 0 padding (the mask is
+ids != 0; a sequence is most recent first). `spec.features` carries each one's cardinality and, for
+a sequence, `shares` / `encoder` / `max_len`; models/sequence.py's encoders are free to reuse.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from distill.config import ModelConfig
 from distill.errors import DistillError
 from distill.models.dcn_v2 import DCNv2
 from distill.models.deepfm import DeepFM
+from distill.models.din import DIN
 from distill.models.dnn import DNN
 from distill.models.parts import FeatureInfo, ModelSpec
 from distill.models.two_tower import TwoTower
@@ -28,6 +34,7 @@ MODELS: dict[str, Callable[[ModelSpec], nn.Module]] = {
     "deepfm": DeepFM,
     "dcn_v2": DCNv2,
     "two_tower": TwoTower,
+    "din": DIN,
 }
 
 

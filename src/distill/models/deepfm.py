@@ -14,7 +14,7 @@ class DeepFM(nn.Module):
         super().__init__()
         d = spec.embedding_dim
         self.embedding = FeatureEmbedding(spec.features, d, spec.sparse)
-        self.first_order = FeatureEmbedding(spec.features, spec.out_dim, spec.sparse)
+        self.first_order = FeatureEmbedding(spec.features, spec.out_dim, spec.sparse, pool_only=True)
         n_num = len(self.embedding.numeric_names)
         self.first_dense = nn.Linear(2 * n_num, spec.out_dim) if n_num else None
         self.numeric_fields = nn.Parameter(torch.randn(n_num, 2, d) * 0.05)  # (N, 2, D)

@@ -2,7 +2,8 @@
 
 The towers meet only in the inner product, so item vectors can be precomputed and served from an
 index; the price is that no user×item cross feature can enter (the PFD paper's coarse-ranking
-student). Features not named in `user_features` form the item tower.
+student). Features not named in `user_features` form the item tower. A behaviour sequence belongs to the
+user tower (name it in `user_features`); its encoder cannot be din, whose query is the candidate item.
 
 Served as a retriever, the global bias rides in one extra coordinate so that the inner product is
 the logit exactly: user_vector = [u, 1], item_vector = [v, b], ⟨user_vector, item_vector⟩ = ⟨u, v⟩ + b
@@ -22,6 +23,16 @@ class TwoTower(nn.Module):
             raise ValueError("two_tower returns one score per user-item pair (binary or regression)")
         self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         users = set(spec.user_features)
+        for seq, candidate in self.embedding.query_of.items():
+            if (seq in users) != (candidate in users):  # din's query is the candidate: it would join the towers
+                raise ValueError(f"feature '{seq}': encoder 'din' attends with the candidate '{candidate}', which is in "
+                                 f"the other tower; a two-tower model scores by the towers' inner product alone "
+                                 f"(use encoder mean or self_attention)")
+        for seq, sides in self.embedding.sides.items():
+            for side in sides:
+                if (side in users) != (seq in users):
+                    raise ValueError(f"feature '{side}': a side channel of '{seq}' belongs to the same tower as '{seq}' "
+                                     f"(list both in user_features, or neither)")
         self.user_sparse = [n for n in self.embedding.sparse_names if n in users]
         self.user_dense = [n for n in self.embedding.numeric_names if n in users]
         self.item_sparse = [n for n in self.embedding.sparse_names if n not in users]
@@ -47,13 +58,16 @@ class TwoTower(nn.Module):
         v = self.tower(batch, self.item_sparse, self.item_dense, self.item_tower)
         return torch.cat([v, self.bias.expand(v.shape[0], 1)], dim=1)
 
+    def _sides(self, sparse: list[str]) -> list[str]:
+        return [s for n in sparse for s in self.embedding.sides.get(n, [])]  # read inside their sequence's field
+
     @property
     def user_features(self) -> list[str]:
-        return self.user_sparse + self.user_dense
+        return self.user_sparse + self._sides(self.user_sparse) + self.user_dense
 
     @property
     def item_features(self) -> list[str]:
-        return self.item_sparse + self.item_dense
+        return self.item_sparse + self._sides(self.item_sparse) + self.item_dense
 
     def forward(self, batch: Batch) -> torch.Tensor:
         u = self.tower(batch, self.user_sparse, self.user_dense, self.user_tower)

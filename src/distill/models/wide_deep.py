@@ -11,7 +11,7 @@ class WideDeep(nn.Module):
         super().__init__()
         self.embedding = FeatureEmbedding(spec.features, spec.embedding_dim, spec.sparse)
         # The wide part: per-feature weights (one-hot · w == a 1-dim embedding per category, per class).
-        self.wide = FeatureEmbedding(spec.features, spec.out_dim, spec.sparse)
+        self.wide = FeatureEmbedding(spec.features, spec.out_dim, spec.sparse, pool_only=True)
         self.wide_dense = nn.Linear(self.wide.dense_dim, spec.out_dim) if self.wide.dense_dim else None
         in_dim = self.embedding.num_fields * spec.embedding_dim + self.embedding.dense_dim
         self.deep = mlp(in_dim, spec.hidden, spec.dropout, spec.out_dim)

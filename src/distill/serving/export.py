@@ -4,7 +4,8 @@ serving encoders, and a manifest. Nothing of the teacher and no privileged featu
 Export directory (written under `<out>.partial` and renamed when complete and leak-checked):
     model.onnx | model.pt   the student and its output transform (sigmoid / softmax / label scale);
                             one input per serving feature, named by the feature:
-                            categorical int64 (B,), numeric float32 (B, 2), multi_categorical int64 (B, L)
+                            categorical int64 (B,), numeric float32 (B, 2), multi_categorical int64 (B, L),
+                            sequence int64 (B, L) (most recent first; 0 is padding, so ids != 0 is the mask)
     encoders.json           the serving features' encoders and the label encoder (no privileged one)
     manifest.json           serving schema, task, metrics of the run, versions, sha256 of the files,
                             the leak check's report

@@ -57,7 +57,14 @@ def sample_table(run: Run, n: int = 256, seed: int = 0) -> pa.Table:
     """Synthetic rows with every feature of the schema, serving and privileged."""
     rng = np.random.default_rng(seed)
     names = [f["name"] for f in run.schema["serving"] + run.schema["privileged"]]
-    return pa.table({name: sample_column(run.encoders.features[name], n, rng) for name in names})
+    columns = {name: sample_column(run.encoders.features[name], n, rng) for name in names}
+    from distill.data.kinds.sequence import sample_side
+    for name in names:  # a sequence's side channel: one value per sampled item (data/kinds/sequence.py)
+        enc = run.encoders.features[name]
+        main = getattr(enc, "side_of", None)
+        if main in columns:
+            columns[name] = sample_side(enc, columns[main], run.encoders.features[main].separator, rng)
+    return pa.table(columns)
 
 
 def perturb_privileged(run: Run, table: pa.Table, seed: int = 1) -> pa.Table:

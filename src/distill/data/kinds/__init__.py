@@ -10,10 +10,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from distill.data.kinds import categorical, multi_categorical, numeric
+from distill.data.kinds import categorical, multi_categorical, numeric, sequence
 from distill.data.kinds.kind import FeatureEncoder, Fit, Kind
 
-KINDS: dict[str, Kind] = {k.name: k for k in (categorical.KIND, numeric.KIND, multi_categorical.KIND)}
+KINDS: dict[str, Kind] = {k.name: k for k in (categorical.KIND, numeric.KIND, multi_categorical.KIND, sequence.KIND)}
 
 
 def fit_feature(spec: Any, col: pa.ChunkedArray, where: str) -> FeatureEncoder:

@@ -16,7 +16,7 @@ from distill.data.kinds.kind import Kind
 from distill.errors import DistillError
 
 
-def _bags(col: pa.ChunkedArray, name: str, where: str, sep: str) -> pa.ChunkedArray:
+def _bags(col: pa.ChunkedArray, name: str, where: str, sep: str, kind: str = "multi_categorical") -> pa.ChunkedArray:
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -26,7 +26,7 @@ def _bags(col: pa.ChunkedArray, name: str, where: str, sep: str) -> pa.ChunkedAr
             return pc.cast(col, pa.list_(pa.string()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise DistillError(f"{where}: column '{name}' holds lists of {col.type.value_type}, which cannot be read as categories") from None
-    raise DistillError(f"{where}: column '{name}' is {col.type}; a multi_categorical feature is a list column or a '{sep}'-separated string")
+    raise DistillError(f"{where}: column '{name}' is {col.type}; a {kind} feature is a list column or a '{sep}'-separated string")
 
 
 @dataclass
@@ -42,7 +42,7 @@ class BagEncoder:
         return self.index.size
 
     def encode(self, col: pa.ChunkedArray, where: str) -> tuple[np.ndarray, int]:
-        bags = pa.chunked_array(_bags(col, self.name, where, self.separator).chunks).combine_chunks()
+        bags = pa.chunked_array(_bags(col, self.name, where, self.separator, self.kind).chunks).combine_chunks()
         lengths = np.asarray(pc.fill_null(pc.list_value_length(bags), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
         flat = pc.list_flatten(bags)
         codes = self.index.encode(flat)
