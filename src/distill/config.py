@@ -117,6 +117,9 @@ class DistillationConfig(Strict):
     loss_weights: dict[Literal["pointwise", "pairwise", "listwise"], float] | None = None
     max_pairs: int | None = Field(default=None, gt=0)  # pairwise: pairs drawn per batch (default all)
     max_group_rows: int | None = Field(default=None, gt=0)  # grouped batches: a larger group is cut into chunks
+    # the within-group losses' group column when it is not task.group (e.g. GAUC per user, lists per
+    # request); None: task.group. Read from the training split only.
+    group: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _check_loss_weights(self) -> "DistillationConfig":
