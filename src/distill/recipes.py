@@ -121,6 +121,14 @@ def _check_teachers(cfg: Config) -> list[str] | None:
             raise DistillError("distillation.ensemble.weights: at least one weight must be above 0")
     elif e.weights:
         raise DistillError(f"distillation.ensemble.weights: only ensemble type 'weights' uses them (the type is '{e.type}')")
+    if e.fit_on != "train":
+        if e.type != "gate":
+            raise DistillError(f"distillation.ensemble.fit_on: only ensemble type 'gate' is fitted (the type is '{e.type}')")
+        if cfg.distillation.mode != "async":
+            raise DistillError("distillation.ensemble.fit_on: 'valid' needs mode 'async' (in sync the gate learns "
+                               "alongside the teachers on the training rows)")
+        if not cfg.data.valid:
+            raise DistillError("distillation.ensemble.fit_on: 'valid' fits the gate on the validation split; set data.valid")
     if cfg.distillation.share_embeddings:
         raise DistillError("distillation.share_embeddings: with several teachers no table is shared (use one 'teacher:')")
     if cfg.distillation.hint is not None:
@@ -241,7 +249,11 @@ def train_async_many(ctx: Context) -> None:
         caches = torch.stack([phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
                               for t in teachers_of(ctx)])  # (K, N[, C])
         summary: dict = {}
-        if ens.module.gate is not None:
+        if ens.module.gate is not None and ctx.cfg.distillation.ensemble.fit_on == "valid":
+            ctx.log.info("async: training the gate over the teachers' logits on half the validation split")
+            summary["gate"] = phases.fit_gate_on_valid(ens, teachers_of(ctx), ctx.valid, ctx.label, ctx.plan,
+                                                       ctx.cfg.train.batch_size, ctx.cfg.train.seed, log=ctx.log)
+        elif ens.module.gate is not None:
             ctx.log.info("async: training the gate over the cached teacher logits")
             summary["gate"] = phases.fit_gate(ens, caches, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log)
         with torch.no_grad():

@@ -1,0 +1,117 @@
+"""More ways to teach, measured: one teacher vs several (mean, gate), hints vs logits alone, and
+pointwise vs pairwise vs listwise L_d, on the demo log and on MovieLens-100k CTR (public, grouped by user).
+
+    python -m benchmarks.teaching [--data demo ml] [--only one mean3 ...] [--seeds 3] [--root runs/teaching]
+
+Each variant is one `distill compare CONFIG --seeds N` (skipped when ROOT/<data>/<variant>/compare.json
+exists, so an interrupted run resumes); the configs are the data set's own (benchmarks.teachers_demo_configs
+for the demo, benchmarks.movielens_ctr for MovieLens) with one change each, written to ROOT/<data>/<variant>.yaml.
+Then results/teaching.md: each variant's test metrics and its verdict against the baseline (compare's),
+and each pair of variants student − student, paired by seed (benchmarks.paired_students.paired).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from benchmarks import common
+from benchmarks.paired_students import paired
+
+NAME = "teaching"
+LUPI = {"model": "dnn", "hidden": [64, 32], "embedding_dim": 16, "features": "privileged"}
+
+
+def _async(base: dict) -> dict:
+    cfg = copy.deepcopy(base)
+    cfg["distillation"]["mode"] = "async"
+    return cfg
+
+
+def _teachers(base: dict, ensemble: dict) -> dict:
+    cfg = _async(base)
+    teacher = cfg.pop("teacher")
+    cfg["teachers"] = {"pfd": teacher, "md": {**teacher, "features": "serving"}, "lupi": dict(LUPI)}
+    cfg["distillation"]["ensemble"] = ensemble
+    return cfg
+
+
+def _hint(base: dict, loss: str) -> dict:
+    cfg = _async(base)
+    cfg["distillation"]["hint"] = {"weight": 0.1, "loss": loss}
+    return cfg
+
+
+def _loss(base: dict, loss: str) -> dict:
+    cfg = copy.deepcopy(base)  # the data set's own mode (sync), as benchmarks.ranking_distillation
+    cfg["distillation"]["loss"] = loss
+    return cfg
+
+
+# name -> (what it is, config from the data set's base config)
+VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
+    "one": ("one teacher (pfd), async", _async),
+    "mean3": ("3 teachers (pfd, md, lupi), mean", lambda b: _teachers(b, {"type": "mean"})),
+    "gate3": ("3 teachers, gate fitted on the training rows", lambda b: _teachers(b, {"type": "gate"})),
+    "gate3_valid": ("3 teachers, gate fitted on the validation split", lambda b: _teachers(b, {"type": "gate", "fit_on": "valid"})),
+    "hint_mse": ("one teacher + hint (mse, w = 0.1)", lambda b: _hint(b, "mse")),
+    "hint_cosine": ("one teacher + hint (cosine, w = 0.1)", lambda b: _hint(b, "cosine")),
+    "pointwise": ("sync, pointwise L_d", lambda b: _loss(b, "pointwise")),
+    "pairwise": ("sync, pairwise L_d", lambda b: _loss(b, "pairwise")),
+    "listwise": ("sync, listwise L_d", lambda b: _loss(b, "listwise")),
+}
+# (variant, against): student − student, paired by seed
+PAIRS = [("mean3", "one"), ("gate3", "one"), ("gate3_valid", "one"), ("gate3_valid", "gate3"), ("gate3_valid", "mean3"),
+         ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise")]
+
+
+def base_config(data: str, root: Path) -> dict:
+    """The data set's own config (written once under ROOT/<data>/data)."""
+    where = root / data / "data"
+    if not (where / "config.yaml").is_file():
+        if data == "demo":
+            from distill.demo import write_demo_data
+            write_demo_data(where)
+        else:
+            from benchmarks.movielens_ctr import write_task
+            write_task(where)
+    return yaml.safe_load((where / "config.yaml").read_text())
+
+
+def run_variant(data: str, variant: str, seeds: int, root: Path) -> None:
+    out = root / data / variant
+    if (out / "compare.json").is_file():
+        return
+    cfg = VARIANTS[variant][1](base_config(data, root))
+    cfg["output"] = str(out / "run")
+    path = root / data / f"{variant}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "distill", "compare", str(path), "--seeds", str(seeds), "--output", str(out),
+                    "--no-report", "-q", "--overwrite"], check=True)
+    (root / data / f"{variant}.wall.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "seeds": seeds}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path("runs/teaching"))
+    ap.add_argument("--data", nargs="+", default=["demo", "ml"], choices=["demo", "ml"])
+    ap.add_argument("--only", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--summarize-only", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.summarize_only:
+        for data in args.data:
+            for v in args.only:
+                run_variant(data, v, args.seeds, args.root)
+
+
+if __name__ == "__main__":
+    main()
