@@ -120,7 +120,7 @@ def test_gate_fitted_on_half_the_validation_split_not_on_the_training_rows(tmp_p
     for fit_on, rows in (("train", n_train), ("valid", 150)):
         steps = [json.loads(line) for line in (runs[fit_on].path / "steps.jsonl").read_text().splitlines()]
         assert sum(s["phase"] == "gate" for s in steps) == 2 * math.ceil(rows / 64)
-    gate = json.loads((runs["valid"].path / "run.json").read_text())["phases"]["student"]["gate"]
+    gate = json.loads((runs["valid"].path / "run.json").read_text())["phases"]["gate"]
     assert (gate["fit_on"], gate["fit_rows"], gate["stop_rows"]) == ("valid", 150, 150)
     with safe_open(str(runs["train"].path / "gate.safetensors"), "pt") as a, \
             safe_open(str(runs["valid"].path / "gate.safetensors"), "pt") as b:
