@@ -87,3 +87,22 @@ def test_several_teachers_resume_bit_identically(demo, tmp_path, mode, phase):
     assert resumed.metrics == reference.metrics and {"teacher:pfd", "teacher:md", "ensemble"} <= set(resumed.metrics)
     assert load_file(resumed.path / "gate.safetensors") .keys() == load_file(reference.path / "gate.safetensors").keys()
     assert close(resumed.path / "gate.safetensors", reference.path / "gate.safetensors", tol=0.0 + 1e-12)
+
+
+def test_the_report_lists_each_teacher_the_ensemble_and_the_student(tmp_path):
+    from typer.testing import CliRunner
+
+    from conftest import base_config
+    from distill.cli import app
+    raw = base_config(tmp_path, distillation={"mode": "async", "weight": 0.5, "ensemble": {"type": "gate", "fit_on": "valid"}})
+    teacher = raw.pop("teacher")
+    raw["teachers"] = {"pfd": teacher, "md": {**teacher, "features": "serving"}}
+    raw["train"]["epochs"] = 1
+    run = train(cfg_of(raw), quiet=True)
+    r = CliRunner().invoke(app, ["report", str(run.path)])
+    assert r.exit_code == 0, r.output
+    md = (run.path / "report" / "report.md").read_text()
+    assert "teacher `pfd` (`dnn`) on 6 features (2 privileged: intent, dwell)" in md
+    assert "teacher `md` (`dnn`) on 4 features;" in md and "a learned gate fitted on the validation split" in md
+    for row in ("| teacher:pfd | test |", "| teacher:md | test |", "| ensemble | test |", "| student | test |"):
+        assert row in md
