@@ -99,6 +99,73 @@ def run_variant(data: str, variant: str, seeds: int, root: Path) -> None:
     (root / data / f"{variant}.wall.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, "seeds": seeds}))
 
 
+DATA = {"demo": "the demo log (distill.demo: 100,000 training impressions, grouped by user)",
+        "ml": "MovieLens-100k CTR (benchmarks.movielens_ctr: 70,001 training ratings, grouped by user)"}
+SHOWN = ("auc", "gauc", "ndcg@10")
+
+
+def variant_rows(data: str, root: Path) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """One table row per variant run: reference model, student, its verdict against the baseline."""
+    table, csv = [], []
+    for v, (what, _) in VARIANTS.items():
+        out = root / data / v
+        if not (out / "compare.json").is_file():
+            continue
+        c = json.loads((out / "compare.json").read_text())
+        wall = json.loads((root / data / f"{v}.wall.json").read_text())["seconds"]
+        teachers = ", ".join(f"{n.removeprefix('teacher:')} {m['auc']['mean']:.4f}" for n, m in c.get("teachers", {}).items())
+        verdicts = []
+        for m in ("auc", "gauc"):
+            g = c["verdict"]["metrics"][m]
+            verdicts.append(f"{g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] {g['verdict']}")
+        table.append([f"{v}: {what}", teachers or "–", f"{c['teacher']['auc']['mean']:.4f}",
+                      f"{c['baseline']['auc']['mean']:.4f}"]
+                     + [f"{c['student'][m]['mean']:.4f} ± {c['student'][m]['std']:.4f}" for m in SHOWN]
+                     + verdicts + [f"{wall:.0f}"])
+        csv += [{"data": data, "variant": v, "model": role, "metric": m, "mean": c[role][m]["mean"], "std": c[role][m]["std"]}
+                for role in ("teacher", "baseline", "student") for m in SHOWN]
+    return table, csv
+
+
+def pair_rows(data: str, root: Path) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """Student − student for each pair of PAIRS whose two runs exist."""
+    from benchmarks.paired_students import cell
+    table, csv = [], []
+    for a, b in PAIRS:
+        if not all((root / data / x / "compare.json").is_file() for x in (a, b)):
+            continue
+        cells = []
+        for m in SHOWN:
+            r = paired(root / data / a, root / data / b, m)
+            cells.append(cell(r))
+            csv.append({"data": data, "variant": a, "against": b, "metric": m, "gain": r["gain"], "low": r["low"],
+                        "high": r["high"], "verdict": r["verdict"]})
+        table.append([f"{a} − {b}"] + cells)
+    return table, csv
+
+
+def summarize(root: Path, out: Path, notes: str) -> str:
+    import torch
+    parts, rows = [], []
+    for data in DATA:
+        if not (root / data).is_dir():
+            continue
+        t, c = variant_rows(data, root)
+        p, q = pair_rows(data, root)
+        rows += c + q
+        parts.append(f"## {DATA[data]}\n\n" + common.md_table(
+            ["variant", "teachers (test AUC)", "reference AUC (teacher or ensemble)", "baseline AUC", "student AUC",
+             "student GAUC", "student NDCG@10", "student − baseline (AUC)", "student − baseline (GAUC)", "wall s"], t)
+            + "\nStudent against student, paired by seed (t-interval over 3 seeds):\n\n"
+            + common.md_table(["comparison", "AUC", "GAUC", "NDCG@10"], p))
+    md = (f"# More ways to teach, measured: several teachers, hints, within-group losses\n\n"
+          f"Command: `python -m benchmarks.teaching` (runs under `{root}`). "
+          f"`torch.backends.cpu.get_cpu_capability()` = `{torch.backends.cpu.get_cpu_capability()}`. "
+          f"{common.environment_note()}\n\n" + notes + "\n\n" + "\n".join(parts))
+    common.write_results(out, NAME, md, rows)
+    return md
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("runs/teaching"))
@@ -106,11 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--summarize-only", action="store_true")
+    ap.add_argument("--notes", type=Path, default=None, help="a Markdown file of reading notes put above the tables")
+    ap.add_argument("--out", type=Path, default=common.RESULTS)
     args = ap.parse_args(argv)
     if not args.summarize_only:
         for data in args.data:
             for v in args.only:
                 run_variant(data, v, args.seeds, args.root)
+    notes = args.notes.read_text() if args.notes else ""
+    print(summarize(args.root, args.out, notes))
 
 
 if __name__ == "__main__":
