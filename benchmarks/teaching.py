@@ -55,6 +55,12 @@ def _loss(base: dict, loss: str) -> dict:
     return cfg
 
 
+def _mix(base: dict, weights: dict[str, float], max_group_rows: int) -> dict:
+    cfg = _loss(base, "listwise")
+    cfg["distillation"].update(loss_weights=weights, max_group_rows=max_group_rows)
+    return cfg
+
+
 # name -> (what it is, config from the data set's base config)
 VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "one": ("one teacher (pfd), async", _async),
@@ -66,10 +72,13 @@ VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "pointwise": ("sync, pointwise L_d", lambda b: _loss(b, "pointwise")),
     "pairwise": ("sync, pairwise L_d", lambda b: _loss(b, "pairwise")),
     "listwise": ("sync, listwise L_d", lambda b: _loss(b, "listwise")),
+    "mix_chunk16": ("sync, pointwise 1 + listwise 0.5, groups cut to 16 rows",
+                    lambda b: _mix(b, {"pointwise": 1.0, "listwise": 0.5}, 16)),
 }
 # (variant, against): student − student, paired by seed
 PAIRS = [("mean3", "one"), ("gate3", "one"), ("gate3_valid", "one"), ("gate3_valid", "gate3"), ("gate3_valid", "mean3"),
-         ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise")]
+         ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise"),
+         ("mix_chunk16", "pointwise")]
 
 
 def base_config(data: str, root: Path) -> dict:
