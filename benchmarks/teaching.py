@@ -177,6 +177,10 @@ def pair_rows(data: str, root: Path) -> tuple[list[list[Any]], list[dict[str, An
     return table, csv
 
 
+def total_wall(root: Path) -> float:
+    return sum(json.loads(p.read_text())["seconds"] for p in root.glob("*/*.wall.json"))
+
+
 def summarize(root: Path, out: Path, notes: str) -> str:
     import torch
     parts, rows = [], []
@@ -194,7 +198,7 @@ def summarize(root: Path, out: Path, notes: str) -> str:
     md = (f"# More ways to teach, measured: several teachers, hints, within-group losses\n\n"
           f"Command: `python -m benchmarks.teaching` (runs under `{root}`). "
           f"`torch.backends.cpu.get_cpu_capability()` = `{torch.backends.cpu.get_cpu_capability()}`. "
-          f"{common.environment_note()}\n\n" + notes + "\n\n" + "\n".join(parts))
+          f"{common.environment_note()} Wall time: {total_wall(root):.0f} s for all the compare runs.\n\n" + notes + "\n\n" + "\n".join(parts))
     common.write_results(out, NAME, md, rows)
     return md
 
@@ -213,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         for data in args.data:
             for v in args.only:
                 run_variant(data, v, args.seeds, args.root)
+    common.setup_torch()  # the note below says what the runs used: one thread (train.threads: 1 in every config)
     notes = args.notes.read_text() if args.notes else ""
     print(summarize(args.root, args.out, notes))
 
