@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 LOSSES = ("pointwise", "listwise", "pairwise")
 METRICS = ("auc", "gauc", "ndcg@10", "recall@10")
@@ -43,28 +42,11 @@ def run_compare(config: Path, loss: str, seeds: int, out: Path) -> None:
                     f"distillation.loss={loss}", "--output", str(out), "--no-report", "-q"], check=True)
 
 
-def per_seed(out: Path) -> list[dict[str, Any]]:
-    return [json.loads((d / "metrics.json").read_text()) for d in sorted(out.glob("seed_*"))]
-
-
 def against_pointwise(ours: Path, theirs: Path, metric: str) -> tuple[float, float | None, float | None, str]:
     """(mean gain, low, high, method) of our student minus the pointwise student, paired by seed."""
-    from distill import results
-    a, b = per_seed(ours), per_seed(theirs)
-    d = [x["student"]["test"][metric] - y["student"]["test"][metric] for x, y in zip(a, b)]
-    if len(d) >= results.MIN_SEEDS:
-        mean, low, high = results.t_interval(d)
-        return mean, low, high, f"t-interval over {len(d)} seeds"
-    if metric not in ("auc", "gauc"):
-        return float(np.mean(d)), None, None, "no interval (one seed)"
-    preds = []
-    for x, y in zip(sorted(ours.glob("seed_*")), sorted(theirs.glob("seed_*"))):
-        p, q = results.read_predictions(x), results.read_predictions(y)
-        preds.append({"y": p["y"], "group": p["group"], "student": p["student"], "baseline": q["student"]})
-    boot = results.bootstrap(preds, "binary")
-    diff = boot["student"][metric] - boot["baseline"][metric]
-    return float(np.mean(d)), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5)), \
-        f"paired bootstrap over {len(preds[0]['y']):,} test rows"
+    from benchmarks.paired_students import paired
+    r = paired(ours, theirs, metric)
+    return r["gain"], r["low"], r["high"], r["method"]
 
 
 def table(name: str, root: Path) -> tuple[str, list[dict[str, Any]]]:

@@ -269,3 +269,64 @@ def test_grouped_loader_cuts_heavy_groups_into_chunks():
     assert seen == list(range(len(groups))) and all(len(b) <= 12 for b in loader.epoch(1))
     whole = GroupedLoader(encoded(groups), batch_size=12, seed=0)
     assert max(len(b) for b in whole.epoch(0)) == 50  # without it, the heavy group is one batch
+
+
+# ----------------------------------------------------------------------------- distillation.group
+
+
+def _whole(loader, column: np.ndarray) -> bool:
+    """True when every batch of epoch 0 holds every row of each `column` value it touches."""
+    for b in loader.epoch(0):
+        g = column[b.index.numpy()]
+        if any((column == k).sum() != (g == k).sum() for k in set(g.tolist())):
+            return False
+    return True
+
+
+def test_distillation_group_groups_the_batches_and_the_term_by_its_column(tmp_path):
+    import pyarrow.parquet as pq
+    from distill.data.dataset import load_splits
+    from distill.run import make_loader
+    raw = base_config(tmp_path, distillation={"mode": "async", "weight": 0.5, "loss": "listwise"},
+                      train={"batch_size": 64})
+    table = pq.read_table(raw["data"]["train"])
+    user, item = (np.unique(table[c].to_numpy(), return_inverse=True)[1] for c in ("user", "item"))
+    by_user = config_from_dict(raw)
+    raw["distillation"]["group"] = "item"
+    by_item = config_from_dict(raw)
+    loaders = {}
+    for name, cfg in (("user", by_user), ("item", by_item)):
+        splits = load_splits(cfg)
+        loaders[name] = make_loader(cfg, splits)
+        assert splits.train.group is not None  # GAUC still groups by task.group (user) either way
+    assert _whole(loaders["user"], user) and not _whole(loaders["user"], item)  # default: task.group
+    assert _whole(loaders["item"], item) and not _whole(loaders["item"], user)
+    terms = {n: ranking.term_of(c, loaders[n]) for n, c in (("user", by_user), ("item", by_item))}
+    assert len(set(terms["item"].groups.tolist())) == len(set(item.tolist())) != len(set(terms["user"].groups.tolist()))
+    b = next(iter(loaders["item"].epoch(0)))
+    s, t = torch.randn(len(b)), torch.randn(len(b))
+    assert not torch.isclose(terms["item"](s, t, b)["L_d"], terms["user"](s, t, b)["L_d"])  # another grouping, another loss
+
+
+def test_distillation_group_through_the_cli_and_its_bad_column_is_one_line(tmp_path):
+    raw = base_config(tmp_path, distillation={"mode": "async", "weight": 0.5, "loss": "pairwise", "group": "item"})
+    raw["train"].update(epochs=1, baseline=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(path), "--no-report", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "gauc" in json.loads((Path(raw["output"]) / "metrics.json").read_text())["student"]["test"]
+    raw["distillation"]["group"] = "request"
+    raw["output"] = str(tmp_path / "other")
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(path), "--no-report", "-q"])
+    assert r.exit_code == 2 and "distillation.group: no column 'request'" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_distillation_group_without_a_within_group_loss_is_a_warning_and_stands_in_for_task_group(tmp_path):
+    raw = base_config(tmp_path, distillation={"mode": "async", "weight": 0.5, "group": "item"})
+    assert ranking.check(config_from_dict(raw)) == ["distillation.group is ignored: distillation.loss 'pointwise' uses no groups"]
+    raw["distillation"]["loss"] = "listwise"
+    raw["task"].pop("group")
+    assert ranking.check(config_from_dict(raw)) == []  # no task.group: distillation.group is enough

@@ -106,6 +106,27 @@ def test_gate_trains_and_stays_out_of_the_student_and_the_export(tmp_path, mode)
     assert manifest["leak_check"]["passed"]  # the graph's weights are exactly the student's count
 
 
+def test_gate_fitted_on_half_the_validation_split_not_on_the_training_rows(tmp_path):
+    """fit_on valid: the gate steps over half the validation rows (the other half early-stops it);
+    on the training rows (the default) it steps over all of them."""
+    import math
+    runs = {}
+    for fit_on in ("train", "valid"):
+        (tmp_path / fit_on).mkdir()
+        raw = several(tmp_path / fit_on, "async", {"type": "gate", "fit_on": fit_on},
+                      train={"epochs": 2, "batch_size": 64, "lr": 0.01, "seed": 0, "early_stopping": None})
+        runs[fit_on] = train(config_from_dict(raw), quiet=True)
+    n_train = 600  # conftest.base_config: 600 training rows, 300 validation rows
+    for fit_on, rows in (("train", n_train), ("valid", 150)):
+        steps = [json.loads(line) for line in (runs[fit_on].path / "steps.jsonl").read_text().splitlines()]
+        assert sum(s["phase"] == "gate" for s in steps) == 2 * math.ceil(rows / 64)
+    gate = json.loads((runs["valid"].path / "run.json").read_text())["phases"]["gate"]
+    assert (gate["fit_on"], gate["fit_rows"], gate["stop_rows"]) == ("valid", 150, 150)
+    with safe_open(str(runs["train"].path / "gate.safetensors"), "pt") as a, \
+            safe_open(str(runs["valid"].path / "gate.safetensors"), "pt") as b:
+        assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
 def test_compare_reports_each_teacher_and_the_gap_against_the_ensemble(tmp_path):
     raw = several(tmp_path, "async")
     cfg_path = tmp_path / "config.yaml"
@@ -130,6 +151,12 @@ def test_compare_reports_each_teacher_and_the_gap_against_the_ensemble(tmp_path)
     (lambda raw: raw["teachers"]["md"].__setitem__("features", ["nope"]), "teachers.md.features: 'nope'"),
     (lambda raw: raw["distillation"].__setitem__("mode", "none"), "mode 'none' trains no teacher"),
     (lambda raw: raw["distillation"].__setitem__("share_embeddings", True), "no table is shared"),
+    (lambda raw: raw["distillation"].__setitem__("ensemble", {"type": "gate", "fit_on": "valid"}),
+     "distillation.ensemble.fit_on: 'valid' needs mode 'async'"),
+    (lambda raw: raw["distillation"].update(mode="async", ensemble={"type": "mean", "fit_on": "valid"}),
+     "only ensemble type 'gate' is fitted"),
+    (lambda raw: (raw["distillation"].update(mode="async", ensemble={"type": "gate", "fit_on": "valid"}),
+                  raw["data"].pop("valid")), "fits the gate on the validation split; set data.valid"),
 ])
 def test_bad_teachers_are_one_line_through_the_cli(tmp_path, change, message):
     raw = several(tmp_path)

@@ -92,6 +92,12 @@ class EnsembleConfig(Strict):
     type: Literal["mean", "weights", "gate"] = "mean"
     weights: dict[str, float] = Field(default_factory=dict)  # type weights: teacher name -> weight (normalised)
     hidden: int = Field(default=16, gt=0)  # type gate: width of the gate's one hidden layer
+    # type gate, mode async: the rows the gate learns on. train: the teachers' logits on the training
+    # rows (in-sample: over-confident, the gate learns to trust the one that memorised most); valid:
+    # their logits on one half of the validation split (held out), the other half for its early
+    # stopping. Then the validation split has taught the gate, so it is no longer clean for the
+    # student's early stopping (the test split stays clean).
+    fit_on: Literal["train", "valid"] = "train"
 
 
 class HintConfig(Strict):
@@ -126,6 +132,9 @@ class DistillationConfig(Strict):
     loss_weights: dict[Literal["pointwise", "pairwise", "listwise"], float] | None = None
     max_pairs: int | None = Field(default=None, gt=0)  # pairwise: pairs drawn per batch (default all)
     max_group_rows: int | None = Field(default=None, gt=0)  # grouped batches: a larger group is cut into chunks
+    # the within-group losses' group column when it is not task.group (e.g. GAUC per user, lists per
+    # request); None: task.group. Read from the training split only.
+    group: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _check_loss_weights(self) -> "DistillationConfig":

@@ -85,6 +85,30 @@ def fit_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | No
     return train_gate(ensemble, caches, loader, valid, label, plan, log=log, ckpt=ckpt)
 
 
+def fit_gate_on_valid(ensemble: Member, teachers: list[Member], valid: Encoded, label: LabelEncoder, plan: Plan,
+                      batch_size: int, seed: int, *, log: RunLog | None = None) -> dict:
+    """async with ensemble type gate and fit_on valid: the gate on held-out teacher logits. The
+    validation rows are dealt (seeded) into two halves: the gate learns on the frozen teachers'
+    logits of the first, and early-stops on the second. In-sample logits (fit_gate on the training
+    rows) are over-confident where a teacher memorised, so a gate fitted there learns to trust the
+    most over-fitted teacher: the stacking problem. Every rank of a torchrun job fits the same gate
+    on the same rows (the gate is not wrapped: no collective but validation's)."""
+    from distill.data.loader import InMemoryLoader
+    from distill.training.single import train_gate
+    n = len(valid)
+    if n < 2:
+        raise DistillError("distillation.ensemble.fit_on: 'valid' needs at least 2 validation rows")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    fit_rows, stop_rows = perm[: n // 2], perm[n // 2:].sort().values
+    caches = torch.stack([_predict_rows(t, InMemoryLoader(valid, batch_size, seed), torch.arange(n), plan)
+                          for t in teachers])  # (K, n[, C]) by validation row number
+    stop = valid.batch(stop_rows).as_encoded()
+    stop.group = valid.group[stop_rows.numpy()] if valid.group is not None else None
+    loader = InMemoryLoader(valid, batch_size, seed).subset(fit_rows)
+    summary = train_gate(ensemble, caches, loader, stop, label, plan, log=log)
+    return summary | {"fit_on": "valid", "fit_rows": len(fit_rows), "stop_rows": len(stop_rows)}
+
+
 def fit_baseline(baseline: Member, loader, valid: Encoded | None, label: LabelEncoder, plan: Plan, *,
                  log: RunLog | None = None, ckpt: Checkpoints | None = None) -> dict:
     """The student's architecture on the labels alone: what distillation is measured against."""

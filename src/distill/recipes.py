@@ -121,6 +121,14 @@ def _check_teachers(cfg: Config) -> list[str] | None:
             raise DistillError("distillation.ensemble.weights: at least one weight must be above 0")
     elif e.weights:
         raise DistillError(f"distillation.ensemble.weights: only ensemble type 'weights' uses them (the type is '{e.type}')")
+    if e.fit_on != "train":
+        if e.type != "gate":
+            raise DistillError(f"distillation.ensemble.fit_on: only ensemble type 'gate' is fitted (the type is '{e.type}')")
+        if cfg.distillation.mode != "async":
+            raise DistillError("distillation.ensemble.fit_on: 'valid' needs mode 'async' (in sync the gate learns "
+                               "alongside the teachers on the training rows)")
+        if not cfg.data.valid:
+            raise DistillError("distillation.ensemble.fit_on: 'valid' fits the gate on the validation split; set data.valid")
     if cfg.distillation.share_embeddings:
         raise DistillError("distillation.share_embeddings: with several teachers no table is shared (use one 'teacher:')")
     if cfg.distillation.hint is not None:
@@ -236,29 +244,39 @@ def train_sync_many(ctx: Context) -> None:
 
 def train_async_many(ctx: Context) -> None:
     """async with `teachers:`: each teacher alone (a phase each), their logits cached, the gate (if
-    any) on those, then the student against the combined logits."""
+    any; a phase) on those or on held-out validation logits, then the student against the combined logits."""
     ens, s = ctx.members["ensemble"], ctx.members["student"]
     for t in teachers_of(ctx):
         ctx.log.info(f"async: training {t.name}")
         ctx.phase(t.name, lambda t=t: phases.fit_teacher(t, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log,
                                                           ckpt=ctx.ckpt, phase=t.name))
 
+    def cached() -> torch.Tensor:
+        return torch.stack([phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
+                            for t in teachers_of(ctx)])  # (K, N[, C])
+
+    def gate() -> dict:
+        if ctx.cfg.distillation.ensemble.fit_on == "valid":
+            ctx.log.info("async: training the gate over the teachers' logits on half the validation split")
+            return phases.fit_gate_on_valid(ens, teachers_of(ctx), ctx.valid, ctx.label, ctx.plan,
+                                            ctx.cfg.train.batch_size, ctx.cfg.train.seed, log=ctx.log)
+        ctx.log.info("async: training the gate over the cached teacher logits")
+        return phases.fit_gate(ens, cached(), ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log)
+
+    if ens.module.gate is not None:  # a phase of its own: a run resumed in the student's keeps the gate it had
+        ctx.phase("gate", gate)
+
     def student() -> dict:
         t0 = time.perf_counter()
-        caches = torch.stack([phases.cache_teacher_logits(t, ctx.loader, precision=ctx.cfg.train.precision, log=ctx.log)
-                              for t in teachers_of(ctx)])  # (K, N[, C])
-        summary: dict = {}
-        if ens.module.gate is not None:
-            ctx.log.info("async: training the gate over the cached teacher logits")
-            summary["gate"] = phases.fit_gate(ens, caches, ctx.loader, ctx.valid, ctx.label, ctx.plan, log=ctx.log)
+        caches = cached()
         with torch.no_grad():
             mixed = torch.cat([ens.module.mix(caches[:, i:i + 65536]) for i in range(0, caches.shape[1], 65536)])
         soft_seconds = time.perf_counter() - t0
         ctx.log.info(f"async: ensemble soft labels cached in {soft_seconds:.2f}s; training the student")
         each = {t.name.removeprefix("teacher:"): caches[k] for k, t in enumerate(teachers_of(ctx))}
-        summary |= phases.fit_student(s, mixed, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
-                                      temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
-                                      each_teacher=each)
+        summary = phases.fit_student(s, mixed, ctx.loader, ctx.valid, ctx.label, ctx.plan, lam=ctx.lam,
+                                     temperature=ctx.cfg.distillation.temperature, log=ctx.log, ckpt=ctx.ckpt,
+                                     each_teacher=each)
         return summary | {"soft_label_seconds": soft_seconds}
 
     ctx.phase("student", student)

@@ -199,6 +199,16 @@ def _setup(run: Any, info: dict) -> str:
         seen = [n for n in run.features["teacher"] if n in priv]
         parts.append(f"Teacher `{cfg.teacher.model}` on {len(run.features['teacher'])} features"
                      + (f" ({len(seen)} privileged: {', '.join(seen)})" if seen else "") + ";")
+    for name, mc in (cfg.teachers or {}).items():  # several teachers: each one, then how they are combined
+        feats = run.features.get(f"teacher:{name}", [])
+        seen = [n for n in feats if n in priv]
+        parts.append(f"teacher `{name}` (`{mc.model}`) on {len(feats)} features"
+                     + (f" ({len(seen)} privileged: {', '.join(seen)})" if seen else "") + ";")
+    if cfg.teachers:
+        e = d.ensemble
+        how = {"mean": "the mean of their logits", "weights": "fixed weights",
+               "gate": f"a learned gate fitted on the {'validation split' if e.fit_on == 'valid' else 'training rows'}"}[e.type]
+        parts.append(f"the ensemble: {how};")
     serving = run.features.get("student") or run.features.get("baseline") or []
     parts.append(f"student `{cfg.student.model}` on {len(serving)} serving features.")
     rows = info.get("rows", {}).get("train")
@@ -234,7 +244,7 @@ def _calibration(run: Any, path: Path, doc: "Doc", report: Report) -> list[plots
         pick = np.sort(np.random.default_rng(0).choice(table.num_rows, CALIBRATION_ROWS, replace=False))
         table = table.take(pick)
     curves, scores = {}, {}
-    for role in ("teacher", "student", "baseline"):
+    for role in [r for r in run.models if r.startswith("teacher")] + ["student", "baseline"]:  # every teacher
         if role not in run.models:
             continue
         missing = [n for n in run.features[role] + [cfg.task.label] if n not in table.column_names]

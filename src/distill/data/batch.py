@@ -65,6 +65,14 @@ class Encoded:
     soft: torch.Tensor | None = None  # offline mode: the teacher's score as logits
     missing: dict[str, int] = field(default_factory=dict)  # filled values per feature
     packs: list[tuple[list[str], torch.Tensor]] = field(default_factory=list)  # see pack()
+    # (N,) int64 ids of distillation.group, when the within-group losses group by another column
+    # than task.group (GAUC's); None: they use `group`
+    distill_group: np.ndarray | None = None
+
+    @property
+    def ranking_groups(self) -> np.ndarray | None:
+        """The groups the within-group distillation losses and the grouped loader use."""
+        return self.distill_group if self.distill_group is not None else self.group
 
     def __len__(self) -> int:
         return len(next(iter(self.features.values())))

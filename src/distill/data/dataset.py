@@ -38,6 +38,8 @@ def load_splits(cfg: Config, encoders: Encoders | None = None) -> Splits:
         train = encoders.encode(cfg, train_t, cfg.data.train, soft_label=soft)
         if cfg.distillation.mode == "offline" and cfg.distillation.soft_labels:  # several teachers' scores
             train.soft = soft_columns(encoders, train_t, cfg.data.train, cfg.distillation.soft_labels)
+        if cfg.distillation.group:  # the within-group losses' own groups (training split only)
+            train.distill_group = distill_group_column(train_t, cfg.data.train, cfg.distillation.group)
         missing = train.missing
         del train_t
     parts: dict[str, Encoded | None] = {}
@@ -47,6 +49,14 @@ def load_splits(cfg: Config, encoders: Encoders | None = None) -> Splits:
     if cfg.data.streaming and not (parts["valid"] or parts["test"]):
         raise DistillError("data.streaming: give a valid or test split to measure the models on")
     return Splits(encoders, train, parts["valid"], parts["test"], missing)
+
+
+def distill_group_column(table, where: str, name: str):
+    """distillation.group: the group ids of column `name` of the training split."""
+    from distill.data.encoders import group_ids
+    if name not in table.column_names:
+        raise DistillError(f"{where}: distillation.group: no column '{name}'")
+    return group_ids(table.column(name))
 
 
 def soft_columns(encoders: Encoders, table, where: str, names: list[str]) -> torch.Tensor:

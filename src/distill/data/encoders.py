@@ -176,8 +176,7 @@ class Encoders:
                 raise DistillError(f"{where}: weight column '{task.weight}' must be finite and non-negative")
             enc.weight = torch.from_numpy(w.astype(np.float32))
         if task.group:
-            groups = pc.dictionary_encode(pc.cast(table.column(task.group), pa.string())).combine_chunks()
-            enc.group = np.asarray(pc.fill_null(groups.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+            enc.group = group_ids(table.column(task.group))
         if soft_label:
             enc.soft = torch.from_numpy(self._soft_logits(table.column(soft_label), soft_label, where))
         return enc
@@ -234,6 +233,12 @@ def fit_encoders(features: list[FeatureConfig], task: TaskConfig, chunks: Iterab
         if getattr(f, "shares", None):  # a sequence in the id space of its candidate (data/kinds/sequence.py)
             encoders.features[f.name].index = encoders.features[f.shares].index
     return encoders, {n: fit.filled for n, fit in fits.items() if fit.filled}
+
+
+def group_ids(column: pa.ChunkedArray) -> np.ndarray:
+    """(N,) int64 ids of a group column's values (−1: missing), as task.group and distillation.group use them."""
+    groups = pc.dictionary_encode(pc.cast(column, pa.string())).combine_chunks()
+    return np.asarray(pc.fill_null(groups.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _require(table: pa.Table, columns: list[str], where: str) -> None:

@@ -64,7 +64,7 @@ class InMemoryLoader:
 
 
 class GroupedLoader:
-    """Batches of whole groups (`Encoded.group`), for the within-group distillation losses.
+    """Batches of whole groups (`Encoded.ranking_groups`: distillation.group, else task.group), for the within-group distillation losses.
 
     Each epoch shuffles the order of the groups (from (seed, epoch) only) and packs them in that
     order into batches of about `batch_size` rows: a batch is closed when the next group would take
@@ -82,11 +82,11 @@ class GroupedLoader:
 
     def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
                  max_group_rows: int | None = None):
-        assert data.group is not None, "GroupedLoader needs Encoded.group"
+        assert data.ranking_groups is not None, "GroupedLoader needs Encoded.group (or distill_group)"
         self.data, self.batch_size, self.seed, self.shuffle = data.pack(), batch_size, seed, shuffle
         self.rank, self.world = rank, world
         self.features: list[str] | None = None
-        g = torch.as_tensor(data.group, dtype=torch.int64)
+        g = torch.as_tensor(data.ranking_groups, dtype=torch.int64)  # distillation.group, else task.group
         # no group (−1): each such row its own group, with ids after the real ones
         g = torch.where(g >= 0, g, int(g.max().clamp_min(0)) + 1 + torch.arange(len(g)))
         _, gid = torch.unique(g, return_inverse=True)

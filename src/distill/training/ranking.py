@@ -1,7 +1,9 @@
 """The distillation term when it is not pointwise alone: ranking distillation within groups.
 
 `distillation.loss: pairwise | listwise` transfers the teacher's order within each group of
-`task.group` (losses.pairwise_distill_loss, losses.listwise_distill_loss); `loss_weights` mixes
+`distillation.group` (default: `task.group`, the column GAUC is computed over; the two differ when,
+e.g., GAUC is per user and the lists are per request) (losses.pairwise_distill_loss,
+losses.listwise_distill_loss); `loss_weights` mixes
 terms, e.g. {pointwise: 1.0, listwise: 0.5}. With the default (`pointwise`, no weights) no term is
 built and the steps call losses.distill_loss exactly as before, so default results are unchanged.
 
@@ -33,11 +35,12 @@ def check(cfg: Config) -> list[str]:
     """The config's part for within-group losses: raises DistillError, returns warnings."""
     d = cfg.distillation
     if not wants_groups(cfg):
+        warnings = [f"distillation.group is ignored: distillation.loss '{d.loss}' uses no groups"] if d.group else []
         if d.mode == "none" and (d.loss != "pointwise" or d.loss_weights):
-            return [f"distillation.loss is ignored in mode 'none'"]
-        return []
-    if not cfg.task.group:
-        raise DistillError(f"distillation.loss: '{d.loss}' orders rows within groups; set task.group to the group column")
+            return [f"distillation.loss is ignored in mode 'none'"] + warnings
+        return warnings
+    if not (d.group or cfg.task.group):
+        raise DistillError(f"distillation.loss: '{d.loss}' orders rows within groups; set task.group (or distillation.group) to the group column")
     if cfg.task.type == "multiclass":
         raise DistillError(f"distillation.loss: '{d.loss}' ranks one score per row; task.type 'multiclass' has several")
     if cfg.data.streaming:
@@ -76,8 +79,9 @@ def term_of(cfg: Config, loader) -> DistillTerm | None:
     data = getattr(loader, "data", None)
     if not wants_groups(cfg):  # pointwise alone with another weight: no group is read
         groups = torch.full((loader.num_rows,), -1, dtype=torch.int64)
-    elif data is None or data.group is None:
-        raise DistillError(f"distillation.loss: '{d.loss}' needs the training split's task.group column in memory")
+    elif data is None or data.ranking_groups is None:
+        key = "distillation.group" if d.group else "task.group"
+        raise DistillError(f"distillation.loss: '{d.loss}' needs the training split's {key} column in memory")
     else:
-        groups = torch.as_tensor(data.group, dtype=torch.int64)
+        groups = torch.as_tensor(data.ranking_groups, dtype=torch.int64)  # distillation.group, else task.group
     return DistillTerm(cfg.task.type, d.temperature, weights, groups, d.max_pairs, cfg.train.seed)

@@ -85,14 +85,16 @@ def train_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | 
         L_gate = L(y, Σ_k g_k(z) z_k),  z = the cached logits of the batch's rows
 
     The ensemble is watched (evaluated with its teachers), so the gate's best weights are kept."""
+    from distill.ensemble import combine
     gate = ensemble.module.gate
     opt = plan.optimizer(gate)
     gate.train()
     task = label.task
+    net = distributed.wrap(gate)  # under torchrun: the ranks' gradients averaged, one gate for all
 
     def step(batch: Batch, lam: float) -> dict[str, torch.Tensor]:
         z = caches.index_select(1, batch.index)  # (K, B[, C])
-        l_gate = hard_loss(ensemble.module.mix(z), batch.y, task, batch.weight)
+        l_gate = hard_loss(combine(z, net(z)), batch.y, task, batch.weight)  # = ensemble.mix(z)
         return {"L_gate": l_gate, "loss": l_gate}
 
     keep_first = ensemble.features[:1]  # the step reads labels and row numbers only
