@@ -285,6 +285,8 @@ FAKE_GATHER = textwrap.dedent("""
                     self.made.append((str(func), t.device.type))
             return out
 
+    from distill.data import loader as loaders
+    loaders.to_device = lambda t, d: t.to(d)   # fake tensors cannot be pinned (aten._pin_memory: NYI)
     gpu = torch.device("cuda", 0)
     with FakeTensorMode(allow_non_fake_inputs=True):
         loader = InMemoryLoader(splits.train, 64, 0).placed(Placement("device", gpu, splits.train.nbytes()))
@@ -334,6 +336,7 @@ def test_cuda_resident_and_staged_batches_match_the_cpu_ones(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     cpu = list(plain.epoch(1, 2))
+    torch.cuda.synchronize()
     for batches in on_device:
         assert all(b.y.device == GPU and b.index.device == GPU for b in batches)
         _same(cpu, [_to_cpu(b) for b in batches])
@@ -343,7 +346,9 @@ def test_cuda_resident_and_staged_batches_match_the_cpu_ones(tmp_path):
 
 
 def _to_cpu(b):
-    return b.to(CPU)
+    from distill.data.batch import Batch
+    move = lambda t: None if t is None else t.cpu()  # noqa: E731  (blocking: the values are read next)
+    return Batch({n: t.cpu() for n, t in b.features.items()}, move(b.y), move(b.weight), move(b.index), move(b.soft))
 
 
 @cuda
@@ -361,3 +366,30 @@ def test_cuda_training_staged_equals_resident_in_deterministic_mode(tmp_path, mo
         info = json.loads((runs[setting].path / "run.json").read_text())
         assert info["data"] == {"always": "device", "never": "pinned"}[setting]
     assert runs["always"].metrics == runs["never"].metrics
+
+
+def test_always_with_a_split_larger_than_the_gpu_is_one_line_and_exit_2_through_the_cli(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+    from distill.cli import app
+    raw = base_config(tmp_path)
+    raw["train"].update(device="cuda", data_on_device="always")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    _free(monkeypatch, 1000)  # bytes: less than the split
+    r = CliRunner().invoke(app, ["train", str(path), "--no-report"])
+    assert r.exit_code == 2, r.output
+    assert "train.data_on_device: always, but the packed training split" in r.output
+    assert "larger than the free memory of cuda:0 (0.0 MiB); use auto or never" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_forcing_the_placement_on_a_cpu_is_a_warning_not_a_change(tmp_path):
+    from distill import recipes
+    raw = base_config(tmp_path)
+    raw["train"].update(device="cpu", data_on_device="never")
+    assert any("train.data_on_device: never is ignored on cpu" in w for w in recipes.check(cfg_of(raw)))

@@ -187,6 +187,16 @@ class Placement:
                 f"({_mib(self.split_bytes)}; {limit}; data_on_device {self.setting})")
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device` without making the host wait for the GPU: a host tensor goes to a GPU through
+    pinned memory with non_blocking=True (a copy from pageable memory synchronises). For the small
+    once-per-epoch copies (an epoch's row numbers); the allocator keeps the pinned block until the
+    copy is done."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -225,4 +235,7 @@ def check(train) -> list[str]:
                            "gradients; turn it off, or train on CPUs (train.device: cpu, gloo)")
     if train.tf32 and device.type != "cuda":
         warnings.append(f"train.tf32 is ignored on {device} (TensorFloat-32 is a CUDA matmul mode)")
+    if getattr(train, "data_on_device", "auto") != "auto" and device.type != "cuda":
+        warnings.append(f"train.data_on_device: {train.data_on_device} is ignored on {device} "
+                        "(the rows are already where the model trains)")
     return warnings

@@ -20,7 +20,7 @@ from typing import Iterator
 import torch
 
 from distill.data.batch import Batch, Encoded
-from distill.device import CPU, Placement, place_data
+from distill.device import CPU, Placement, place_data, to_device
 
 
 def placement_of(loader) -> Placement | None:
@@ -79,7 +79,7 @@ class Placed:
             if not idxs:
                 return
             # one copy of the epoch's row numbers, then every batch an index_select on the device
-            flat = torch.cat(idxs).to(self.place.device)
+            flat = to_device(torch.cat(idxs), self.place.device)
             for idx in flat.split([len(i) for i in idxs]):
                 yield self.data.batch(idx, names=names)
         else:

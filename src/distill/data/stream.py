@@ -38,7 +38,7 @@ from distill.data.encoders import Encoders, fit_encoders
 from distill.data.io import file_format, resolve_files
 from distill.data.kinds import KINDS
 from distill.data.loader import Staging
-from distill.device import Placement, place_data
+from distill.device import Placement, place_data, to_device
 from distill.errors import DistillError
 
 
@@ -224,10 +224,10 @@ class StreamingLoader:
             buf = dataclasses.replace(buf, soft=self.soft.index_select(0, rows))  # its rows' soft labels ride along
         place = self._decide(buf)
         device = place.device
-        on = rows.to(device)  # the buffer's row numbers, once per buffer
+        on = to_device(rows, device)  # the buffer's row numbers, once per buffer
         if place.where == "device":
             buf = buf.to(device)
-            flat = torch.cat(idxs).to(device) if idxs else None
+            flat = to_device(torch.cat(idxs), device) if idxs else None
             batches = (buf.batch(idx) for idx in (flat.split([len(i) for i in idxs]) if idxs else []))
         else:
             batches = Staging(device).batches(buf, idxs, None)
