@@ -103,6 +103,8 @@ class Staging:
         self.buffers: list[dict[int, torch.Tensor]] = [{} for _ in range(slots)]
         self.copied: list = [None] * slots  # per set: the event after its copies were queued
         self.stream = torch.cuda.Stream(device) if self.cuda else None
+        if self.stream is not None:  # what the current stream wrote before (a cached soft label) is there for the copies
+            self.stream.wait_stream(torch.cuda.current_stream(device))
 
     def _buffer(self, slot: int, key: object, t: torch.Tensor, rows: int) -> torch.Tensor:
         """Set `slot`'s buffer for `key` (the row numbers, or one of the split's own tensors, which
