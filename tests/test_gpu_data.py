@@ -436,3 +436,41 @@ def test_a_run_resumed_mid_epoch_with_the_rows_staged_ends_as_the_uninterrupted_
     resumed = train(cfg_of(raw), output=tmp_path / "cut", quiet=True, resume=True)
     assert json.loads((resumed.path / "run.json").read_text())["data"] == "pinned"
     assert resumed.metrics == whole.metrics
+
+
+@pytest.mark.parametrize("where", ["device", "pinned"])
+def test_a_streamed_split_carries_a_host_cache_with_each_buffer(tmp_path, monkeypatch, where):
+    from distill.data import stream
+    from distill.data.dataset import load_splits
+    import pyarrow.parquet as pq
+    raw = base_config(tmp_path, n_train=700)
+    pq.write_table(pq.read_table(raw["data"]["train"]), raw["data"]["train"], row_group_size=100)
+    raw["data"].update(streaming=True, shuffle_buffer=250, prefetch=1)
+    raw["train"]["batch_size"] = 64
+    cfg = cfg_of(raw)
+    splits = load_splits(cfg)
+    monkeypatch.setattr(stream, "place_data", lambda n, d, s, sh: Placement(where, CPU, n, 10**9, sh, s))
+    cache = torch.randn(700)
+    loader = stream.StreamingLoader(cfg, splits.encoders).placed(CPU).with_soft(cache)
+    batches = list(loader.epoch(1))
+    assert sum(len(b) for b in batches) == 700
+    for b in batches:
+        assert torch.equal(b.soft, cache[b.index])  # each row's own cached logit, gathered with its buffer
+
+
+def test_the_async_cache_stays_on_the_gpu_unless_it_does_not_fit_the_share(monkeypatch):
+    from distill.data.loader import cache_home
+
+    class Loader:
+        place = None
+    loader = Loader()
+    assert cache_home(loader, GPU, 10 * GIB) == GPU  # unplaced (a teacher loaded before any epoch): where the model is
+    _free(monkeypatch, 10 * GIB)
+    loader.place = Placement("device", GPU, GIB)
+    assert cache_home(loader, GPU, 9 * GIB) == GPU  # the split is on the device: its cache too
+    loader.place = Placement("pinned", GPU, 20 * GIB, share=0.5)
+    assert cache_home(loader, GPU, 4 * GIB) == GPU  # staged split, cache under half the free memory
+    assert cache_home(loader, GPU, 6 * GIB) == CPU  # over it: host memory, gathered with the batch
+    loader.place = Placement("pinned", GPU, 20 * GIB, setting="never")
+    assert cache_home(loader, GPU, 1) == CPU  # never: no per-row data on the device
+    assert cache_home(loader, CPU, 6 * GIB) == CPU

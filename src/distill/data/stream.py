@@ -192,7 +192,8 @@ class StreamingLoader:
             if self.target is not None:  # a GPU (run.py places a loader only there)
                 todo = [perm[s:s + self.batch_size] for k, s in enumerate(range(0, full, self.batch_size)) if b + k >= start]
                 b += math.ceil(full / self.batch_size)
-                yield from self._on_device(buf, rows, todo)
+                if todo:  # (a resumed epoch skips the buffers it has done without moving them)
+                    yield from self._on_device(buf, rows, todo)
             else:  # the CPU: today's slices
                 for s in range(0, full, self.batch_size):
                     if b >= start:
