@@ -196,13 +196,20 @@ def main(argv: list[str] | None = None) -> Path:
                 for what, sps, ref, goal, r in rows:
                     lines.append(f"| {batch} | {precision} | {what} (data: {r['data']}) | {sps:,.0f} | {sps / ref:.2f} | "
                                  f"{goal} | {_mb(r['peak_mb'])} |")
+                _write(a.out, lines + ["", "(incomplete: the run was still measuring)"])  # kept if a timeout cuts the rest
         aucs = auc_check(a.rows if a.dry_run else a.rows // 4, device, batches[0], tmp, vocab)
     lines += ["", f"Sync student test AUC: fp32 {aucs['fp32']:.4f}, bf16 {aucs['bf16']:.4f}, "
               f"difference {abs(aucs['fp32'] - aucs['bf16']):.4f} (goal: within 0.005)."]
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
+    _write(a.out, lines)
     print("\n".join(lines))
     return a.out
+
+
+def _write(out: Path, lines: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)  # whole or not at all
 
 
 def _mb(v: float | None) -> str:
