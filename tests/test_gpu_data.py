@@ -154,10 +154,18 @@ def _forced(monkeypatch, where):
                         Placement(where, CPU, n, 123, share, setting) if where != "cpu" else real(n, d, setting, share))
 
 
-@pytest.mark.parametrize("mode", ["async", "sync", "offline"])
+@pytest.mark.parametrize("mode", ["async", "sync", "offline", "async_hint", "async_gate"])
 def test_training_with_the_rows_on_the_device_or_staged_is_bit_identical_on_a_cpu(tmp_path, monkeypatch, mode):
     from distill.run import train
     raw = base_config(tmp_path, n_train=400)
+    if mode == "async_hint":  # the teacher's hidden layer cached by row number too
+        raw["distillation"]["hint"] = {"weight": 0.5, "loss": "mse"}
+    if mode == "async_gate":  # several teachers' caches (K, N), the gate trained on them
+        del raw["teacher"]
+        raw["teachers"] = {"pfd": {"hidden": [32, 16], "embedding_dim": 8},
+                           "md": {"hidden": [32], "embedding_dim": 8, "features": "serving"}}
+        raw["distillation"]["ensemble"] = {"type": "gate"}
+    mode = mode.split("_")[0]
     raw["distillation"]["mode"] = mode
     raw["train"].update(epochs=2, checkpoint_every=None, baseline=mode == "sync")
     if mode == "offline":  # a teacher's probability column
