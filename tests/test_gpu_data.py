@@ -482,3 +482,12 @@ def test_the_async_cache_stays_on_the_gpu_unless_it_does_not_fit_the_share(monke
     loader.place = Placement("pinned", GPU, 20 * GIB, setting="never")
     assert cache_home(loader, GPU, 1) == CPU  # never: no per-row data on the device
     assert cache_home(loader, CPU, 6 * GIB) == CPU
+
+
+def test_under_nccl_the_cache_stays_on_the_device(monkeypatch):
+    from distill.data.loader import cache_home
+
+    class Loader:
+        place = Placement("pinned", GPU, 20 * GIB, setting="never")
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    assert cache_home(Loader(), GPU, 6 * GIB) == GPU  # all_reduce of a host tensor is not NCCL's

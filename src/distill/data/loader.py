@@ -40,6 +40,8 @@ def cache_home(loader, device: torch.device, nbytes: int) -> torch.device:
     place = placement_of(loader)
     if device.type != "cuda" or place is None or place.where == "device":
         return device
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return device  # the ranks sum their parts of the cache, and NCCL sums only device tensors
     return device if place_data(nbytes, device, place.setting, place.share).where == "device" else CPU
 
 
