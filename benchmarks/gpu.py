@@ -5,7 +5,10 @@ numeric, teacher MLP 512-256-128, student 256-128, embedding 16), at each batch 
 
 - hand loop, data on the host: each batch gathered on the CPU and copied to the GPU (what a user writes)
 - hand loop, data on the GPU: the split copied once, batches gathered there (the ceiling)
-- distill: sync PFD, student alone (the baseline phase), the async student phase (cached soft labels)
+- distill: sync PFD, student alone (the baseline phase), the async student phase (cached soft labels),
+  each with its training rows where train.data_on_device: auto put them (recorded in the row); and the
+  student alone again with data_on_device: never (each batch gathered on the host into pinned buffers
+  and copied one ahead), against the same with the split on the device
 
 Timings are wrapped in torch.cuda.synchronize; distill's are its phases' wall seconds (the phase
 ends with a read of the loss terms, itself a sync). Peak GPU memory per row. Also: test AUC of the
@@ -85,18 +88,19 @@ def hand_gpu(kind: str, t: dict[str, torch.Tensor], device: torch.device, batch:
     return steps * batch / (time.perf_counter() - t0)
 
 
-def distill_phase(path: Path, mode: str, device: torch.device, batch: int, precision: str, out: Path) -> dict:
+def distill_phase(path: Path, mode: str, device: torch.device, batch: int, precision: str, out: Path,
+                  data: str = "auto") -> dict:
     from distill import config_from_dict, train
     tf32 = precision == "tf32"
     extra = {"device": str(device), "precision": "fp32" if tf32 else precision, "tf32": tf32,
-             "log_every": 50, "baseline": mode in ("none", "async")}
+             "log_every": 50, "baseline": mode in ("none", "async"), "data_on_device": data}
     raw = distill_config(str(path), mode, batch=batch, train=extra)
     peak_reset(device)
     run = train(config_from_dict(raw), output=out, overwrite=True, quiet=True)
     info = json.loads((run.path / "run.json").read_text())
     phases = {k: v["wall_seconds"] for k, v in info["phases"].items()}
     rows = info["rows"]["train"]
-    r = {"peak_mb": peak_mb(device), "rows": rows}
+    r = {"peak_mb": peak_mb(device), "rows": rows, "data": info.get("data", "?")}
     if mode == "sync":
         r["sync"] = rows / phases["sync"]
     if mode == "none":
@@ -150,7 +154,9 @@ def main(argv: list[str] | None = None) -> Path:
     lines = [f"# distill on a GPU against hand loops on the same GPU ({'dry run' if a.dry_run else 'measured'})", "",
              f"Machine: {describe(device)}.", "",
              f"Reference CTR shape (benchmarks/speed.py), {a.rows:,} rows; hand loops {a.steps} steps; "
-             "samples/s (higher is better); distill includes no data loading (phase wall seconds).", "",
+             "samples/s (higher is better); distill includes no data loading (phase wall seconds). "
+             "(data: ...) is where distill kept the training rows (run.json \"data\": device = the split copied to "
+             "the GPU once, pinned = gathered on the host into pinned buffers and copied one batch ahead, cpu = no GPU).", "",
              "| batch | precision | what | samples/s | ratio | goal | peak GPU MiB |",
              "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as d:
@@ -176,22 +182,34 @@ def main(argv: list[str] | None = None) -> Path:
                 r_sync = distill_phase(path, "sync", device, batch, precision, tmp / "sync")
                 r_none = distill_phase(path, "none", device, batch, precision, tmp / "none")
                 r_async = distill_phase(path, "async", device, batch, precision, tmp / "async")
+                r_staged = distill_phase(path, "none", device, batch, precision, tmp / "staged", data="never")
                 rows = [("distill, sync PFD", r_sync["sync"], hand["sync", False], ">= 1.5x copying hand sync", r_sync),
                         ("distill, sync PFD", r_sync["sync"], hand["sync", True], ">= 0.9x resident hand sync", r_sync),
                         ("distill, student alone", r_none["student"], hand["student", True],
                          ">= 1.0x resident hand student", r_none),
                         ("distill, async student phase", r_async["async_student"], hand["student", True],
-                         "(vs resident hand student)", r_async)]
+                         "(vs resident hand student)", r_async),
+                        ("distill, student alone, data_on_device never", r_staged["student"], r_none["student"],
+                         "(vs distill student, data auto)", r_staged),
+                        ("distill, student alone, data_on_device never", r_staged["student"], hand["student", False],
+                         "(vs copying hand student)", r_staged)]
                 for what, sps, ref, goal, r in rows:
-                    lines.append(f"| {batch} | {precision} | {what} | {sps:,.0f} | {sps / ref:.2f} | {goal} | "
-                                 f"{_mb(r['peak_mb'])} |")
+                    lines.append(f"| {batch} | {precision} | {what} (data: {r['data']}) | {sps:,.0f} | {sps / ref:.2f} | "
+                                 f"{goal} | {_mb(r['peak_mb'])} |")
+                _write(a.out, lines + ["", "(incomplete: the run was still measuring)"])  # kept if a timeout cuts the rest
         aucs = auc_check(a.rows if a.dry_run else a.rows // 4, device, batches[0], tmp, vocab)
     lines += ["", f"Sync student test AUC: fp32 {aucs['fp32']:.4f}, bf16 {aucs['bf16']:.4f}, "
               f"difference {abs(aucs['fp32'] - aucs['bf16']):.4f} (goal: within 0.005)."]
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text("\n".join(lines) + "\n")
+    _write(a.out, lines)
     print("\n".join(lines))
     return a.out
+
+
+def _write(out: Path, lines: list[str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out)  # whole or not at all
 
 
 def _mb(v: float | None) -> str:

@@ -30,11 +30,13 @@ export PYTHONPATH=$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export CUBLAS_WORKSPACE_CONFIG=:4096:8   # deterministic cuBLAS for the bit-identical resume test
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$OUT/gpu.txt"
-# 1. correctness on the real device (about 2 minutes)
-timeout 240 $PY -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/cuda_tests.txt"
+# 1. correctness on the real device (about 2 minutes): the GPU path, and the data on the device
+#    (device-resident and pinned-staging batches against the CPU's, staged = resident training)
+timeout 240 $PY -m pytest tests/test_gpu.py tests/test_gpu_data.py -q -p no:cacheprovider 2>&1 | tail -30 | tee "$OUT/cuda_tests.txt"
 tests=${PIPESTATUS[0]}
-# 2. speed (about 4 minutes); 300k rows keeps each of the 36 measurements a few seconds
-timeout 300 $PY -m benchmarks.gpu --rows 300000 --steps 60 --out benchmarks/results/gpu.md 2>&1 | tail -40 | tee "$OUT/bench.txt"
+# 2. speed (about 4 minutes); 250k rows keeps each of the 48 measurements (hand loops, distill with
+#    the split on the device and with pinned staging) a few seconds
+timeout 300 $PY -m benchmarks.gpu --rows 250000 --steps 60 --out benchmarks/results/gpu.md 2>&1 | tail -40 | tee "$OUT/bench.txt"
 bench=${PIPESTATUS[0]}
 cp benchmarks/results/gpu.md "$OUT/" 2>/dev/null
 echo "gpu_check: tests exit $tests, benchmark exit $bench"

@@ -361,9 +361,10 @@ def test_the_gpu_benchmark_dry_run_executes_end_to_end_on_a_cpu(tmp_path):
     from benchmarks import gpu
     out = gpu.main(["--dry-run", "--out", str(tmp_path / "gpu.md")])
     text = out.read_text()
-    assert "(dry run)" in text and "CPU capability" in text
+    assert "(dry run)" in text and "CPU capability" in text and "incomplete" not in text
     for what in ("hand loop, sync, copying each batch", "hand loop, student, data on the GPU", "distill, sync PFD",
-                 "distill, student alone", "distill, async student phase", "Sync student test AUC: fp32"):
+                 "distill, student alone", "distill, async student phase", "Sync student test AUC: fp32",
+                 "distill, student alone, data_on_device never (data: cpu)", "distill, sync PFD (data: cpu)"):
         assert what in text, what
 
 

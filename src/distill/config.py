@@ -193,6 +193,12 @@ class TrainConfig(Strict):
     # auto: the GPU when torch sees one (cuda:$LOCAL_RANK under torchrun), else the CPU
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     tf32: bool = False  # float32 matrix products in TensorFloat-32 on CUDA (opt-in: 10-bit mantissa)
+    # Where the packed training split lives when training on a GPU (README, "Training on a GPU"): auto
+    # copies it to the device once when it takes at most device_memory_share of the GPU's free memory
+    # (batches are then gathered there), else each batch is gathered on the host into pinned buffers
+    # and copied one batch ahead; always / never force one or the other. No effect on a CPU.
+    data_on_device: Literal["auto", "always", "never"] = "auto"
+    device_memory_share: float = Field(default=0.5, gt=0.0, le=1.0)
 
 
 def default_teacher() -> ModelConfig:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from dataclasses import dataclass
 
 import torch
 
@@ -154,6 +155,74 @@ def set_rng_state(state) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the training split's rows live while a model trains on `device` (train.data_on_device):
+
+    - "device": copied to the GPU once; each batch is an index_select there (no copy per step)
+    - "pinned": kept in host memory; each batch is gathered into a pinned staging buffer and copied
+      with non_blocking=True one batch ahead (data/loader.py, `Staging`)
+    - "cpu": training on the CPU: the rows are where the model is, batches are today's slices
+    """
+
+    where: str
+    device: torch.device
+    split_bytes: int
+    free_bytes: int | None = None  # the GPU's free memory when decided (None on a CPU)
+    share: float = 0.5  # train.device_memory_share
+    setting: str = "auto"  # train.data_on_device
+
+    def record(self) -> dict[str, object]:
+        """What run.json keeps: the decision and the numbers it was made from."""
+        return {"data": self.where, "data_split_bytes": self.split_bytes, "data_free_bytes": self.free_bytes,
+                "data_memory_share": self.share, "data_on_device": self.setting}
+
+    def describe(self) -> str:
+        if self.where == "cpu":
+            return f"training data: in host memory, on the CPU with the model ({_mib(self.split_bytes)})"
+        limit = f"{self.share:g} of {_mib(self.free_bytes or 0)} free on {self.device}"
+        if self.where == "device":
+            return f"training data: copied to {self.device} once ({_mib(self.split_bytes)}; {limit}; data_on_device {self.setting})"
+        return (f"training data: gathered on the host into pinned buffers, copied one batch ahead "
+                f"({_mib(self.split_bytes)}; {limit}; data_on_device {self.setting})")
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device` without making the host wait for the GPU: a host tensor goes to a GPU through
+    pinned memory with non_blocking=True (a copy from pageable memory synchronises). For the small
+    once-per-epoch copies (an epoch's row numbers); the allocator keeps the pinned block until the
+    copy is done."""
+    if device.type != "cuda" or t.device == device:
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def place_data(split_bytes: int, device: torch.device, setting: str = "auto", share: float = 0.5) -> Placement:
+    """Decide where `split_bytes` of training rows live while training on `device`: on a GPU, on the
+    device when `always`, or when `auto` and they take at most `share` of its free memory (the rest
+    is left for the models, optimizer state and activations), else in pinned host memory (`never`,
+    or too large). On a CPU: "cpu", whatever the setting."""
+    if device.type != "cuda":
+        return Placement("cpu", device, split_bytes, None, share, setting)
+    free, _total = torch.cuda.mem_get_info(device)
+    if setting == "never":
+        where = "pinned"
+    elif setting == "always":
+        if split_bytes > free:
+            raise DistillError(f"train.data_on_device: always, but the packed training split ({_mib(split_bytes)}) is "
+                               f"larger than the free memory of {device} ({_mib(free)}); use auto or never")
+        where = "device"
+    elif setting == "auto":
+        where = "device" if split_bytes <= share * free else "pinned"
+    else:
+        raise DistillError(f"train.data_on_device: '{setting}' is not one of auto, always, never")
+    return Placement(where, device, split_bytes, int(free), share, setting)
+
+
 def check(train) -> list[str]:
     """The train section's device choices (train.device, precision, sparse_embeddings under NCCL):
     raises DistillError with one line, returns warnings."""
@@ -166,4 +235,7 @@ def check(train) -> list[str]:
                            "gradients; turn it off, or train on CPUs (train.device: cpu, gloo)")
     if train.tf32 and device.type != "cuda":
         warnings.append(f"train.tf32 is ignored on {device} (TensorFloat-32 is a CUDA matmul mode)")
+    if getattr(train, "data_on_device", "auto") != "auto" and device.type != "cuda":
+        warnings.append(f"train.data_on_device: {train.data_on_device} is ignored on {device} "
+                        "(the rows are already where the model trains)")
     return warnings

@@ -245,6 +245,12 @@ class ShardedLoader:
         other._drawn, other._exit_at = self._drawn, self._exit_at
         return other
 
+    def with_soft(self, soft) -> "ShardedLoader":
+        """The inner loader's batches with cached soft labels gathered alongside (data/loader.py)."""
+        other = ShardedLoader(self.inner.with_soft(soft), self.rank, self.world)
+        other._drawn, other._exit_at = self._drawn, self._exit_at
+        return other
+
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         for batch in self.inner.epoch(epoch, start):
             self._drawn[0] += 1

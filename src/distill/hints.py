@@ -128,13 +128,17 @@ def cache_hidden(teacher: nn.Module, layer: str | None, loader, features: list[s
     capture = Capture(teacher, layer, "distillation.hint.teacher_layer")
     teacher.eval()
     out: torch.Tensor | None = None
+    from distill.data.loader import cache_home
+    from distill.inference import model_device
+    where = model_device(teacher)
     with torch.no_grad():
         for b in loader.narrowed(features).ordered():
+            b = b.to(where)  # a GPU teacher reads the batch there (itself on a CPU)
             teacher(b.select(features))
             h = capture.value.float()
-            if out is None:
-                out = torch.zeros((loader.num_rows, h.shape[1]))
-            out[b.index] = h
+            if out is None:  # on the GPU when it fits (train.device_memory_share), else in host memory
+                out = torch.zeros((loader.num_rows, h.shape[1]), device=cache_home(loader, where, loader.num_rows * h.shape[1] * 4))
+            out[b.index.to(out.device)] = h.to(out.device)
     capture.remove()
     assert out is not None
     from distill import distributed

@@ -33,6 +33,7 @@ import torch
 
 from distill.data.batch import Batch, Encoded
 from distill.data.encoders import LabelEncoder
+from distill.data.loader import placement_of
 from distill.errors import DistillError
 from distill.member import Member
 from distill.training.asynchronous import cache_logits, from_cache
@@ -72,6 +73,11 @@ def fit_student(student: Member, soft: torch.Tensor | Callable[[Batch], torch.Te
     `term`: a within-group distillation term (training/ranking.py term_of); None: pointwise.
     `each_teacher` (several teachers, `soft` their mix): each one's cached logits, to log L_d:<name>."""
     soft_of = from_cache(soft) if isinstance(soft, torch.Tensor) else soft
+    if isinstance(soft, torch.Tensor) and soft.device.type == "cpu" and placement_of(loader) is not None \
+            and hasattr(loader, "with_soft"):
+        # on a GPU with the cache in host memory (too large for the device): its rows are gathered
+        # with the features', by the same index, through the pinned staging buffers
+        loader, soft_of = loader.with_soft(soft), (lambda batch: batch.soft)
     each = {n: from_cache(c) for n, c in each_teacher.items()} if each_teacher else None
     return train_single(student, loader, valid, label, plan, phase, soft=soft_of, lam=_schedule(lam),
                         temperature=temperature, log=log, ckpt=ckpt, term=term, each=each, hint=hint)

@@ -391,8 +391,9 @@ def cross_fit(ctx: Context, held: dict[str, Any]) -> dict:
     oof = phases.cross_fit_teacher_logits(make, ctx.loader, ctx.valid, ctx.label, ctx.plan, k, seed, log=ctx.log)
     full = phases.cache_teacher_logits(t, ctx.loader, precision=cfg.train.precision)
     data = ctx.loader.data
-    in_fold = hard_loss(full, data.y, ctx.label.task, data.weight).item()
-    out_fold = hard_loss(oof.logits, data.y, ctx.label.task, data.weight).item()
+    on = data.y.device  # the split may be on the GPU (train.data_on_device), the out-of-fold logits on the host
+    in_fold = hard_loss(full.to(on), data.y, ctx.label.task, data.weight).item()
+    out_fold = hard_loss(oof.logits.to(on), data.y, ctx.label.task, data.weight).item()
     ctx.log.info(f"cross-fit: the full teacher's loss on its own training rows {in_fold:.4f}, "
                  f"the out-of-fold teachers' {out_fold:.4f}")
     held["logits"] = oof.logits

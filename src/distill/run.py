@@ -213,6 +213,7 @@ def _load(cfg: Config, splits: Splits | None, teacher_run: "Run | None", warning
                             "versions": versions(), "world_size": distributed.world(),
                             "rows": {"train": loader.num_rows}, "load_seconds": time.perf_counter() - t0,
                             "filled_values": splits.train_missing or {}}
+    loader = place_loader(cfg, loader, log, info)
     for n, c in (splits.train_missing or {}).items():  # a category's NaN and inf count here too
         how = "filled and flagged" if splits.encoders.features[n].kind == "numeric" else "read as missing (the out-of-vocabulary bucket)"
         log.info(f"'{n}': {c} missing or non-finite value(s) in the training split, {how}")
@@ -292,6 +293,27 @@ def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoade
         return GroupedLoader(splits.train, cfg.train.batch_size, cfg.train.seed,
                              max_group_rows=cfg.distillation.max_group_rows)
     return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)
+
+
+def place_loader(cfg: Config, loader, log: RunLog, info: dict[str, Any]):
+    """train.data_on_device: where the training rows live while a GPU trains (distill.device.place_data),
+    logged once and kept in run.json ("data": "device" | "pinned" | "cpu", with the numbers). A
+    streamed split is decided at its first shuffle buffer (StreamingLoader.placed)."""
+    device, t = devices.resolve(cfg.train.device), cfg.train
+    if isinstance(loader, StreamingLoader):
+        if device.type != "cuda":
+            info["data"] = "cpu"
+            return loader
+
+        def decided(place: devices.Placement) -> None:
+            log.info(place.describe() + " (per shuffle buffer)")
+            info.update(place.record())
+        return loader.placed(device, t.data_on_device, t.device_memory_share, on_place=decided)
+    place = devices.place_data(loader.data.nbytes(), device, t.data_on_device, t.device_memory_share)
+    if device.type == "cuda":  # on a CPU nothing moves: the log stays as it was
+        log.info(place.describe())
+    info.update(place.record())
+    return loader.placed(place)
 
 
 def build_member(cfg: Config, encoders: Encoders, name: str, seed: int | None = None) -> Member:

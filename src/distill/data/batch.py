@@ -7,6 +7,7 @@ of silently reading a column it will not have in production.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -94,27 +95,64 @@ class Encoded:
                 self.packs.append((names, stacked))
         return self
 
-    def batch(self, idx: torch.Tensor, names: list[str] | None = None) -> Batch:
+    @property
+    def device(self) -> torch.device:
+        """Where the split's tensors are (all on one device: see `to`)."""
+        return next(iter(self.features.values())).device
+
+    def nbytes(self) -> int:
+        """The bytes `to(device)` copies: each pack once, the unpacked columns, labels, weights, soft labels."""
+        packed = {n for names, _ in self.packs for n in names}
+        tensors = [s for _, s in self.packs] + [t for n, t in self.features.items() if n not in packed]
+        return sum(t.numel() * t.element_size() for t in [*tensors, self.y, self.weight, self.soft] if t is not None)
+
+    def to(self, device: torch.device) -> "Encoded":
+        """The split on `device`: each pack copied once and its columns rebuilt as views of the copy
+        (moving the columns one by one would copy a pack once per column). Itself when already there."""
+        if self.device == device and all(t is None or t.device == device for t in (self.y, self.weight, self.soft)):
+            return self
+        feats: dict[str, torch.Tensor] = {}
+        packs = []
+        for names, stacked in self.packs:
+            moved = stacked.to(device)
+            packs.append((names, moved))
+            feats.update({n: moved.select(1, j) for j, n in enumerate(names)})
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Encoded({n: feats[n] if n in feats else move(t) for n, t in self.features.items()}, move(self.y),
+                       move(self.weight), self.group, move(self.soft), dict(self.missing), packs)
+
+    def batch(self, idx: torch.Tensor, names: list[str] | None = None,
+              take: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Batch:
         """Rows `idx` of the features `names` (default all). Gathering only what a model reads keeps
-        a step's cost independent of how many other columns the split holds."""
+        a step's cost independent of how many other columns the split holds. `take(t, idx)` gathers
+        one tensor's rows (default `t.index_select(0, idx)`; the pinned staging path gathers into its
+        buffers and returns the device copy)."""
         names = list(self.features) if names is None else names
+        take = take or _index_select
         feats: dict[str, torch.Tensor] = {}
         wanted = set(names)
         for pack_names, stacked in self.packs:
             hit = [j for j, n in enumerate(pack_names) if n in wanted]
             if 2 * len(hit) > len(pack_names):  # most of a pack: one gather beats one per column
-                rows = stacked.index_select(0, idx)
-                feats.update({pack_names[j]: rows[:, j] for j in hit})
+                rows = take(stacked, idx)
+                feats.update({pack_names[j]: rows.select(1, j) for j in hit})
 
-        def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.index_select(0, idx)  # index_select: faster than t[idx]
+        def opt(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else take(t, idx)
 
-        return Batch({n: feats[n] if n in feats else take(self.features[n]) for n in names},
-                     take(self.y), take(self.weight), idx, take(self.soft))
+        return Batch({n: feats[n] if n in feats else take(self.features[n], idx) for n in names},
+                     opt(self.y), opt(self.weight), idx, opt(self.soft))
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, names: list[str] | None = None):
-        """Yield batches in `order` (a permutation) or in row order."""
-        n = len(self)
+        """Yield batches in `order` (a permutation) or in row order; the row numbers are made (or
+        moved, once) where the split is, so a split on a GPU is gathered there."""
+        n, where = len(self), self.device
+        if order is not None:
+            order = order.to(where)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size] if order is not None else torch.arange(start, min(n, start + batch_size))
+            idx = order[start:start + batch_size] if order is not None else torch.arange(start, min(n, start + batch_size), device=where)
             yield self.batch(idx, names=names)
+
+
+def _index_select(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return t.index_select(0, idx)  # index_select: faster than t[idx]

@@ -2,19 +2,169 @@
 
 The order of epoch e depends only on (seed, e), never on how many epochs ran before in this
 process, so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+
+Where the rows live while a GPU trains (`placed`, decided by distill.device.place_data): on the
+device (the split copied once, each batch an index_select there with the epoch's permutation moved
+once), or in host memory with each batch gathered into pinned buffers and copied one batch ahead
+(`Staging`). Either way the permutation is drawn on the CPU from (seed, epoch), so the batches hold
+the same rows in the same order as on a CPU. Unplaced (the CPU), batches are plain slices.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 from typing import Iterator
 
 import torch
 
 from distill.data.batch import Batch, Encoded
+from distill.device import CPU, Placement, place_data, to_device
 
 
-class InMemoryLoader:
+def placement_of(loader) -> Placement | None:
+    """Where `loader`'s rows live on a GPU (None: unplaced, the CPU), through a ShardedLoader too."""
+    while loader is not None:
+        if getattr(loader, "place", None) is not None:
+            return loader.place
+        loader = getattr(loader, "inner", None)
+    return None
+
+
+def cache_home(loader, device: torch.device, nbytes: int) -> torch.device:
+    """Where a per-row cache of `nbytes` (the async teacher's logits) lives while a model on `device`
+    trains from `loader`: on the device (where its rows are gathered each step) when the split is
+    there or the cache fits in train.device_memory_share of the free memory; else in host memory,
+    its rows then gathered with the features' through the pinned staging buffers (`with_soft`)."""
+    place = placement_of(loader)
+    if device.type != "cuda" or place is None or place.where == "device":
+        return device
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return device  # the ranks sum their parts of the cache, and NCCL sums only device tensors
+    return device if place_data(nbytes, device, place.setting, place.share).where == "device" else CPU
+
+
+class Placed:
+    """What both in-memory loaders share: where their rows live on a GPU (`placed`), the cached
+    soft labels as a column gathered with the rows (`with_soft`), and the batches of a list of row
+    numbers on that placement (`_emit`). `place` None: today's CPU slices."""
+
+    data: Encoded
+    place: Placement | None = None
+
+    def placed(self, place: Placement) -> "Placed":
+        """The same batches, their rows on `place.device` ("device": the split copied there once;
+        "pinned": staged one batch ahead; "cpu": unchanged)."""
+        other = copy.copy(self)
+        other.place = place if place.where != "cpu" else None
+        if place.where == "device":
+            other.data = self.data.to(place.device)
+        return other
+
+    def with_soft(self, soft: torch.Tensor) -> "Placed":
+        """The same batches carrying `soft[rows]` as `batch.soft` (the async teacher's cached logits
+        by row number), gathered by the same index as the features: on the device when the split
+        is there, through the pinned staging buffers when the cache is in host memory."""
+        other = copy.copy(self)
+        if other.place is not None and other.place.where == "device":
+            soft = soft.to(other.place.device)
+        other.data = dataclasses.replace(self.data, soft=soft)
+        return other
+
+    def _emit(self, idxs: list[torch.Tensor], names: list[str] | None) -> Iterator[Batch]:
+        """The batches of the row-number tensors `idxs` (on the CPU), in order, on the placement."""
+        if self.place is None:
+            for idx in idxs:
+                yield self.data.batch(idx, names=names)
+        elif self.place.where == "device":
+            if not idxs:
+                return
+            # one copy of the epoch's row numbers, then every batch an index_select on the device
+            flat = to_device(torch.cat(idxs), self.place.device)
+            for idx in flat.split([len(i) for i in idxs]):
+                yield self.data.batch(idx, names=names)
+        else:
+            yield from Staging(self.place.device).batches(self.data, idxs, names)
+
+
+class Staging:
+    """Batches gathered on the host into pinned staging buffers and copied to `device` with
+    non_blocking=True, one batch ahead: while the model trains on batch i (its kernels queued on the
+    current stream), batch i+1 is gathered on the CPU and its copy queued on a side stream.
+
+    Two sets of buffers alternate; before a set is written again, the host waits on the event
+    recorded after its copies (two batches ago, long done in practice), so a buffer is never
+    overwritten while its copy is in flight. The current stream waits on a batch's event before
+    using it, and its device tensors are `record_stream`ed there so that the allocator does not
+    reuse them while the step reads them. On a CPU (tests) the "copy" is a clone of the buffer.
+    """
+
+    def __init__(self, device: torch.device, slots: int = 2):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.buffers: list[dict[int, torch.Tensor]] = [{} for _ in range(slots)]
+        self.copied: list = [None] * slots  # per set: the event after its copies were queued
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        if self.stream is not None:  # what the current stream wrote before (a cached soft label) is there for the copies
+            self.stream.wait_stream(torch.cuda.current_stream(device))
+
+    def _buffer(self, slot: int, key: object, t: torch.Tensor, rows: int) -> torch.Tensor:
+        """Set `slot`'s buffer for `key` (the row numbers, or one of the split's own tensors, which
+        live as long as the epoch), `rows` rows of `t`'s shape and dtype, pinned on a GPU machine."""
+        buf = self.buffers[slot].get(key)
+        if buf is None or buf.shape[0] < rows:
+            buf = torch.empty((rows,) + tuple(t.shape[1:]), dtype=t.dtype, pin_memory=self.cuda)
+            self.buffers[slot][key] = buf
+        return buf[:rows]
+
+    def _send(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf.to(self.device, non_blocking=True) if self.cuda else buf.clone()
+
+    def _stage(self, slot: int, data: Encoded, idx: torch.Tensor, names: list[str] | None):
+        event = self.copied[slot]
+        if event is not None:
+            event.synchronize()  # this set's previous copies have left its buffers
+        index = self._buffer(slot, "index", idx, len(idx))
+        index.copy_(idx)
+        with torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+            on_device = self._send(index)
+
+            def take(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                if t.device != CPU:  # already on the device (a cached soft label there)
+                    return t.index_select(0, on_device)
+                out = self._buffer(slot, id(t), t, len(rows))
+                torch.index_select(t, 0, rows, out=out)
+                return self._send(out)
+
+            batch = data.batch(idx, names=names, take=take)
+            batch.index = on_device
+            if self.cuda:
+                self.copied[slot] = torch.cuda.Event()
+                self.copied[slot].record(self.stream)
+        return batch, self.copied[slot]
+
+    def _ready(self, staged) -> Batch:
+        batch, event = staged
+        if self.cuda:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for t in [*batch.features.values(), batch.y, batch.weight, batch.index, batch.soft]:
+                if t is not None:
+                    t.record_stream(current)
+        return batch
+
+    def batches(self, data: Encoded, idxs: list[torch.Tensor], names: list[str] | None) -> Iterator[Batch]:
+        ahead = None
+        for i, idx in enumerate(idxs):
+            staged = self._stage(i % len(self.buffers), data, idx, names)
+            if ahead is not None:
+                yield self._ready(ahead)
+            ahead = staged
+        if ahead is not None:
+            yield self._ready(ahead)
+
+
+class InMemoryLoader(Placed):
     """Shuffled batches over an `Encoded` split held in memory (slices: no per-sample work)."""
 
     def __init__(self, data: Encoded, batch_size: int, seed: int, shuffle: bool = True):
@@ -59,11 +209,14 @@ class InMemoryLoader:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch`, from batch number `start` on."""
         order = self.order(epoch)
-        for b in range(start, len(self)):
-            yield self.data.batch(order[b * self.batch_size:(b + 1) * self.batch_size], names=self.features)
+        if self.place is None:  # the CPU: slices of the permutation
+            for b in range(start, len(self)):
+                yield self.data.batch(order[b * self.batch_size:(b + 1) * self.batch_size], names=self.features)
+            return
+        yield from self._emit(list(order[start * self.batch_size:].split(self.batch_size)), self.features)
 
 
-class GroupedLoader:
+class GroupedLoader(Placed):
     """Batches of whole groups (`Encoded.ranking_groups`: distillation.group, else task.group), for the within-group distillation losses.
 
     Each epoch shuffles the order of the groups (from (seed, epoch) only) and packs them in that
@@ -129,7 +282,7 @@ class GroupedLoader:
             stop = min(n, start + batch_size)
             lo, hi = start + self.rank * (stop - start) // self.world, start + (self.rank + 1) * (stop - start) // self.world
             if hi > lo:
-                yield self.data.batch(torch.arange(lo, hi), names=self.features)
+                yield self.data.batch(torch.arange(lo, hi, device=self.data.device), names=self.features)
 
     def _packing(self, epoch: int) -> list[torch.Tensor]:
         """The groups of each batch of `epoch`, as tensors of group numbers."""
@@ -163,11 +316,22 @@ class GroupedLoader:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of `epoch`, from batch number `start` on."""
+        if self.place is None:  # the CPU
+            for groups in self._packing(epoch)[start:]:
+                mine = self._share(groups)
+                if len(mine) == 0:  # this rank drew nothing: one row that weighs nothing, to keep step with the others
+                    b = self.data.batch(self._rows(groups[:1])[:1], names=self.features)
+                    b.weight = torch.zeros(1)
+                    yield b
+                    continue
+                yield self.data.batch(self._rows(mine), names=self.features)
+            return
+        idxs, empty = [], []  # on a GPU: the epoch's row numbers first, moved or staged as a whole
         for groups in self._packing(epoch)[start:]:
             mine = self._share(groups)
-            if len(mine) == 0:  # this rank drew nothing: one row that weighs nothing, to keep step with the others
-                b = self.data.batch(self._rows(groups[:1])[:1], names=self.features)
-                b.weight = torch.zeros(1)
-                yield b
-                continue
-            yield self.data.batch(self._rows(mine), names=self.features)
+            empty.append(len(mine) == 0)
+            idxs.append(self._rows(groups[:1])[:1] if len(mine) == 0 else self._rows(mine))
+        for b, nothing in zip(self._emit(idxs, self.features), empty):
+            if nothing:
+                b.weight = torch.zeros(1, device=b.index.device)
+            yield b

@@ -11,16 +11,21 @@
 - Memory: about shuffle_buffer rows + `data.prefetch` row groups, encoded, whatever the file size.
 - A background thread reads and encodes the next row groups while the model trains (Arrow and
   numpy release the GIL for the heavy parts).
+- On a GPU (`placed`): each shuffle buffer is copied to the device once and its batches gathered
+  there, when a buffer takes at most train.device_memory_share of the free GPU memory (decided at
+  the first buffer, distill.device.place_data); otherwise its batches go through pinned staging
+  buffers one ahead (data/loader.py, `Staging`). The shuffle is drawn on the CPU either way.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +37,8 @@ from distill.data.batch import Batch, Encoded
 from distill.data.encoders import Encoders, fit_encoders
 from distill.data.io import file_format, resolve_files
 from distill.data.kinds import KINDS
+from distill.data.loader import Staging
+from distill.device import Placement, place_data, to_device
 from distill.errors import DistillError
 
 
@@ -106,6 +113,28 @@ class StreamingLoader:
         self.num_rows = sum(u.rows for u in self.units)
         self.features: list[str] | None = None  # encode only these (None: all)
         self.columns = self._columns()
+        self.target: dict | None = None  # on a GPU: {"device", "setting", "share", "on_place"} (see placed)
+        self.decided: list[Placement] = []  # the placement, decided at the first buffer (shared by copies)
+        self.soft: torch.Tensor | None = None  # cached soft labels by row number, gathered per buffer (with_soft)
+
+    @property
+    def place(self) -> Placement | None:
+        return self.decided[0] if self.decided else None
+
+    def placed(self, device: torch.device, setting: str = "auto", share: float = 0.5,
+               on_place: Callable[[Placement], None] | None = None) -> "StreamingLoader":
+        """The same batches on `device`: each shuffle buffer moved once when it fits (train.data_on_device,
+        device_memory_share), else staged through pinned buffers. A CPU device changes nothing."""
+        other = copy.copy(self)
+        other.target = {"device": device, "setting": setting, "share": share, "on_place": on_place}
+        other.decided = []
+        return other
+
+    def with_soft(self, soft: torch.Tensor) -> "StreamingLoader":
+        """The same batches carrying `soft[rows]` as `batch.soft`, gathered with each buffer's rows."""
+        other = copy.copy(self)
+        other.soft = soft
+        return other
 
     def _columns(self) -> list[str]:
         names = self.features if self.features is not None else [f.name for f in self.cfg.features]
@@ -160,18 +189,54 @@ class StreamingLoader:
             buf, rows = concat([c for c, _ in pending], self.encoders), torch.cat([r for _, r in pending])
             perm = torch.randperm(len(rows), generator=gen)
             full = len(rows) if exhausted else len(rows) // self.batch_size * self.batch_size
-            for s in range(0, full, self.batch_size):
-                if b >= start:
-                    idx = perm[s:s + self.batch_size]
-                    batch = buf.batch(idx)
-                    batch.index = rows[idx]
-                    yield batch
-                b += 1
+            if self.target is not None:  # a GPU (run.py places a loader only there)
+                todo = [perm[s:s + self.batch_size] for k, s in enumerate(range(0, full, self.batch_size)) if b + k >= start]
+                b += math.ceil(full / self.batch_size)
+                if todo:  # (a resumed epoch skips the buffers it has done without moving them)
+                    yield from self._on_device(buf, rows, todo)
+            else:  # the CPU: today's slices
+                for s in range(0, full, self.batch_size):
+                    if b >= start:
+                        idx = perm[s:s + self.batch_size]
+                        batch = buf.batch(idx)
+                        batch.index = rows[idx]
+                        if self.soft is not None:
+                            batch.soft = self.soft.index_select(0, batch.index.to(self.soft.device))
+                        yield batch
+                    b += 1
             rest = perm[full:]
             pending = [(buf.batch(rest).as_encoded(), rows[rest])] if len(rest) else []
             pending_rows = len(rest)
             if exhausted:
                 break
+
+    def _decide(self, buf: Encoded) -> Placement:
+        if not self.decided:
+            t = self.target
+            self.decided.append(place_data(buf.nbytes(), t["device"], t["setting"], t["share"]))
+            if t["on_place"] is not None:
+                t["on_place"](self.decided[0])
+        return self.decided[0]
+
+    def _on_device(self, buf: Encoded, rows: torch.Tensor, idxs: list[torch.Tensor]) -> Iterator[Batch]:
+        """One shuffle buffer's batches `idxs` (positions in the buffer) on the GPU: the buffer
+        copied there once, or each batch staged through pinned buffers."""
+        if self.soft is not None and self.soft.device.type == "cpu":
+            buf = dataclasses.replace(buf, soft=self.soft.index_select(0, rows))  # its rows' soft labels ride along
+        place = self._decide(buf)
+        device = place.device
+        on = to_device(rows, device)  # the buffer's row numbers, once per buffer
+        if place.where == "device":
+            buf = buf.to(device)
+            flat = to_device(torch.cat(idxs), device) if idxs else None
+            batches = (buf.batch(idx) for idx in (flat.split([len(i) for i in idxs]) if idxs else []))
+        else:
+            batches = Staging(device).batches(buf, idxs, None)
+        for batch in batches:
+            batch.index = on.index_select(0, batch.index)  # buffer positions -> row numbers in the split
+            if self.soft is not None and batch.soft is None:
+                batch.soft = self.soft.index_select(0, batch.index)  # a cache on the device
+            yield batch
 
     def ordered(self, batch_size: int = 8192) -> Iterator[Batch]:
         for enc, rows in self._chunks(self.units):

@@ -32,6 +32,12 @@ def cache_logits(teacher: Member, loader, log: RunLog | None = None,
 
 
 def from_cache(cache: torch.Tensor) -> Callable[[Batch], torch.Tensor]:
-    """The soft labels of a batch: the cached teacher logits of its rows."""
-    return lambda batch: cache.index_select(0, batch.index)
+    """The soft labels of a batch: the cached teacher logits of its rows. A cache in host memory
+    (too large for the GPU) normally rides with the batch instead (phases.fit_student, `with_soft`);
+    read here, it costs one copy of the row numbers to the host per step."""
+    def soft(batch: Batch) -> torch.Tensor:
+        if cache.device != batch.index.device:
+            return cache.index_select(0, batch.index.cpu()).to(batch.index.device)
+        return cache.index_select(0, batch.index)
+    return soft
 

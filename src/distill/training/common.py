@@ -14,6 +14,7 @@ from torch import nn
 from distill import distributed, metrics
 from distill.config import Config
 from distill.data.batch import Encoded
+from distill.data.loader import cache_home
 from distill.data.encoders import LabelEncoder
 from distill.errors import DistillError
 from distill.inference import label_values, model_device, predict_logits, to_output  # noqa: F401  (re-exported)
@@ -97,9 +98,11 @@ def predict_rows(model: nn.Module, loader, features: list[str], log: RunLog | No
         b = b.to(device)
         with precision or contextlib.nullcontext():
             z = model(b.select(features)).float()
-        if out is None:  # the cache lives where the student trains: its rows are gathered each step
-            out = torch.zeros((loader.num_rows,) + tuple(z.shape[1:]), dtype=z.dtype, device=device)
-        out[b.index] = z
+        if out is None:  # the cache lives where the student trains (its rows are gathered each step), unless too large
+            shape = (loader.num_rows,) + tuple(z.shape[1:])
+            home = cache_home(loader, device, math.prod(shape) * z.element_size())
+            out = torch.zeros(shape, dtype=z.dtype, device=home)
+        out[b.index.to(out.device)] = z.to(out.device)  # no-ops unless the cache is in host memory
     model.train(was_training)
     assert out is not None
     return distributed.sum_parts(out)  # under torchrun each rank predicted its slices: gather them

@@ -93,7 +93,8 @@ def train_gate(ensemble: Member, caches: torch.Tensor, loader, valid: Encoded | 
     net = distributed.wrap(gate)  # under torchrun: the ranks' gradients averaged, one gate for all
 
     def step(batch: Batch, lam: float) -> dict[str, torch.Tensor]:
-        z = caches.index_select(1, batch.index)  # (K, B[, C])
+        on = batch.index.device  # caches too large for the GPU stay in host memory: gathered there (a host read a step)
+        z = caches.index_select(1, batch.index if caches.device == on else batch.index.cpu()).to(on)  # (K, B[, C])
         l_gate = hard_loss(combine(z, net(z)), batch.y, task, batch.weight)  # = ensemble.mix(z)
         return {"L_gate": l_gate, "loss": l_gate}
 
