@@ -304,6 +304,9 @@ def tune_findings(ev: dict[str, Any]) -> str:
         retrained = f"{np.mean(vg):+.4f} ({len(vg)} seed(s), no interval)"
     if best["baseline"]:
         holds = "The best trial is the baseline itself: no distillation setting beat it on validation, so tune hands over the baseline."
+    elif abs(search) < 5e-4:
+        holds = (f"The search found no real gain: its best trial is {search:+.5f} from the baseline on validation, a "
+                 f"setting that leaves the student where it was; on test too ({test['verdict']}).")
     elif test["verdict"] == "gain":
         holds = "The validation gain holds on test."
     else:
