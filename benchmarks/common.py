@@ -232,14 +232,15 @@ def defaults_and_tune(cfg, trials: int, seeds: int, work: Path) -> dict[str, Any
     from `distill tune CONFIG` (the choice on validation, retrained over the same seeds), both paired
     on test against the same baseline (same student, initialisation and data order per seed).
     Also: each seed's validation gain of tune's retrained choice, to tell a validation gain that holds
-    from one that was the luck of the search."""
+    from one that was the luck of the search; and tune's --explain table (what each privileged feature
+    adds to the teacher)."""
     from distill.compare import compare
     from distill.tune import tune
     with Stopwatch() as w:
         defaults = compare(cfg, seeds=seeds, output=work / "compare", quiet=True)
     compare_seconds = w.seconds
     with Stopwatch() as w:
-        tuned = tune(cfg, trials=trials, seeds=seeds, output=work / "tune", quiet=True)
+        tuned = tune(cfg, trials=trials, seeds=seeds, output=work / "tune", quiet=True, explain_features=True)
     metric = tuned["metric"]
     valid = []
     for k in range(seeds):
@@ -319,7 +320,19 @@ def tune_findings(ev: dict[str, Any]) -> str:
 {t['baseline_valid']:.4f}; best trial {best['number']} {best['value']:.4f} ({search:+.4f}): {params_text(best)}.
 Tune's choice retrained over {len(vg)} seeds, student − baseline on **validation**: {retrained}; on **test**: {test['gain']:+.4f}.
 {holds}
-"""
+{explain_table(t.get("explain"))}"""
+
+
+def explain_table(rows: list[dict[str, Any]] | None) -> str:
+    """`distill tune --explain`'s table (tune.explain), or nothing when the teacher reads no privileged feature."""
+    if not rows:
+        return ""
+    r0 = rows[0]
+    table = md_table(["privileged feature", f"drop in the teacher's validation {r0['metric']} when shuffled", "95% interval"],
+                     [[r["feature"], f"{r['drop']:+.4f}", "" if r["low"] is None else f"[{r['low']:+.4f}, {r['high']:+.4f}]"]
+                      for r in rows])
+    return (f"\n**What each privileged feature adds to the teacher** (`--explain`: the search's teacher, validation "
+            f"{r0['metric']} {r0['intact']:.4f}, with one column shuffled, {r0['repeats']} shuffles; no retraining):\n\n{table}")
 
 
 def tune_benchmark(out: Path, name: str, make_config: Callable[[Path], Any], trials: int, seeds: int,

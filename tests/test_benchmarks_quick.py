@@ -63,6 +63,7 @@ def test_tune_demo_quick_compares_defaults_and_tune_against_the_baseline_with_ve
         line = next(l for l in md.splitlines() if l.startswith(f"| {run}, auc |"))
         assert line.rstrip(" |").rsplit("| ", 1)[1] in words
     assert len(ev["valid_gains"]) == 2 and "on **test**" in md and "get_cpu_capability()" in md
+    assert "| user_cat_clicks_24h |" in md  # the --explain table
     rows = list(csv.DictReader(open(tmp_path / "tune_demo.csv")))
     assert {r["run"] for r in rows} == {"defaults", "tune"} and any(r["model"] == "gain" and r["verdict"] for r in rows)
     harmed = {"compare": {"verdict": {"primary": "auc", "headline": "auc: harm", "metrics": {"auc": {"verdict": "harm"}}}}}

@@ -180,9 +180,9 @@ def _finished_of(trials):
 
 
 def test_killed_study_resumes_without_rerunning_finished_trials_and_reruns_the_interrupted_one(tmp_path):
-    # long trials (40 epochs, no pruning: a second or more each), so the kill lands inside one; on a
+    # long trials (25 epochs, no pruning: about a second each), so the kill lands inside one; on a
     # loaded machine it may still miss (the trial ends between the look and the kill): then again
-    path = _config(tmp_path, epochs=[40, 40], pruning=False)
+    path = _config(tmp_path, epochs=[25, 25], pruning=False)
     for attempt in range(3):
         out = tmp_path / f"tune{attempt}"
         interrupted = _kill_mid_trial(path, out)
