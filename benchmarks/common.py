@@ -298,8 +298,10 @@ def tune_findings(ev: dict[str, Any]) -> str:
     search = best["value"] - t["baseline_valid"]
     vg = ev["valid_gains"]
     test = c["verdict"]["metrics"][c["verdict"]["primary"]]
+    confirmed = None  # does the retrained choice beat the baseline on validation beyond the seeds' noise?
     if len(vg) >= 3:
         g, lo, hi = t_interval(vg)
+        confirmed = verdict_word(lo, hi, metric) == "gain"
         retrained = f"{g:+.4f} [{lo:+.4f}, {hi:+.4f}] ({verdict_word(lo, hi, metric)})"
     else:
         retrained = f"{np.mean(vg):+.4f} ({len(vg)} seed(s), no interval)"
@@ -311,9 +313,10 @@ def tune_findings(ev: dict[str, Any]) -> str:
     elif test["verdict"] == "gain":
         holds = "The validation gain holds on test."
     else:
-        why = ("the retrained seeds lose most of it on validation too: the search's margin was mostly the luck of one seed "
-               "among many trials (selection on a noisy validation metric)" if np.mean(vg) < search / 2 else
-               "it is there on validation over seeds but does not carry over to test beyond the noise")
+        lost = confirmed is False or (confirmed is None and np.mean(vg) < search / 2)
+        why = ("retrained over seeds, the choice does not beat the baseline on validation beyond the noise either: the "
+               "search's margin was the luck of one seed among many trials (selection on a noisy validation metric)"
+               if lost else "it holds on validation over seeds but does not carry over to test beyond the noise")
         holds = f"The validation gain does **not** hold on test ({test['verdict']}): {why}."
     return f"""{table}
 **Search** ({t['trials']} trials, validation {metric}, seed {ev['seed']}): the baseline

