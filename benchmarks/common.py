@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -221,3 +222,146 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+# ----------------------------------------------------------------------------- tune benchmarks (tune_*.py)
+
+
+def defaults_and_tune(cfg, trials: int, seeds: int, work: Path) -> dict[str, Any]:
+    """What a user gets from `distill compare CONFIG` (the config's own distillation settings) and
+    from `distill tune CONFIG` (the choice on validation, retrained over the same seeds), both paired
+    on test against the same baseline (same student, initialisation and data order per seed).
+    Also: each seed's validation gain of tune's retrained choice, to tell a validation gain that holds
+    from one that was the luck of the search; and tune's --explain table (what each privileged feature
+    adds to the teacher)."""
+    from distill.compare import compare
+    from distill.tune import tune
+    with Stopwatch() as w:
+        defaults = compare(cfg, seeds=seeds, output=work / "compare", quiet=True)
+    compare_seconds = w.seconds
+    with Stopwatch() as w:
+        tuned = tune(cfg, trials=trials, seeds=seeds, output=work / "tune", quiet=True, explain_features=True)
+    metric = tuned["metric"]
+    valid = []
+    for k in range(seeds):
+        m = json.loads((work / "tune" / "final" / f"seed_{cfg.train.seed + k}" / "metrics.json").read_text())
+        valid.append(m["student"]["valid"][metric] - m["baseline"]["valid"][metric])
+    return {"defaults": defaults, "tune": tuned, "metric": metric, "valid_gains": valid, "seed": cfg.train.seed,
+            "compare_seconds": compare_seconds, "tune_seconds": w.seconds}
+
+
+def no_harm(tuned: dict[str, Any]) -> list[str]:
+    """The check of every tune benchmark: tune's choice is not worse than the baseline on test beyond noise."""
+    v = tuned["compare"]["verdict"]
+    if v["metrics"][v["primary"]]["verdict"] == "harm":
+        return [f"tune's choice harms the student on test: {v['headline']}"]
+    return []
+
+
+def verdict_row(name: str, c: dict[str, Any], metric: str) -> list[str]:
+    """One line of a comparison: baseline, student (mean ± std over seeds), paired gain [95%], verdict."""
+    m = c["verdict"]["metrics"][metric]
+    interval = f"{m['gain']:+.4f}" if m["low"] is None else f"{m['gain']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]"
+    return [name, f"{c['baseline'][metric]['mean']:.4f} ± {c['baseline'][metric]['std']:.4f}",
+            f"{c['student'][metric]['mean']:.4f} ± {c['student'][metric]['std']:.4f}", interval,
+            m["verdict"] or "no verdict"]
+
+
+def params_text(best: dict[str, Any]) -> str:
+    if best["baseline"]:
+        return "the baseline (λ = 0)"
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best["params"].items())
+
+
+def tune_rows(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CSV: per run (compare's defaults, tune's choice), role and metric, mean and std on test;
+    then the paired gains with their intervals."""
+    rows = []
+    for run in ("defaults", "tune"):
+        c = ev["defaults"] if run == "defaults" else ev["tune"]["compare"]
+        for role in ("teacher", "baseline", "student"):
+            rows += [{"run": run, "model": role, "metric": m, **c[role][m]} for m in c.get(role, {})]
+        rows += [{"run": run, "model": "gain", "metric": m, "mean": e["gain"], "low": e["low"], "high": e["high"],
+                  "verdict": e["verdict"]} for m, e in c["verdict"]["metrics"].items()]
+    return rows
+
+
+def tune_findings(ev: dict[str, Any]) -> str:
+    """The table of compare's defaults vs tune's choice vs the baseline, and whether tune's
+    validation gain held on test (Markdown)."""
+    from distill.results import t_interval, verdict_word
+    d, t = ev["defaults"], ev["tune"]
+    c, best, metric = t["compare"], t["best"], ev["metric"]
+    rows = [verdict_row(f"compare's defaults, {m}", d, m) for m in d["verdict"]["metrics"]]
+    rows += [verdict_row(f"tune's choice, {m}", c, m) for m in c["verdict"]["metrics"]]
+    table = md_table(["", "baseline (test)", "student (test)", "student − baseline [95% interval]", "verdict"], rows)
+    search = best["value"] - t["baseline_valid"]
+    vg = ev["valid_gains"]
+    test = c["verdict"]["metrics"][c["verdict"]["primary"]]
+    confirmed = None  # does the retrained choice beat the baseline on validation beyond the seeds' noise?
+    if len(vg) >= 3:
+        g, lo, hi = t_interval(vg)
+        confirmed = verdict_word(lo, hi, metric) == "gain"
+        retrained = f"{g:+.4f} [{lo:+.4f}, {hi:+.4f}] ({verdict_word(lo, hi, metric)})"
+    else:
+        retrained = f"{np.mean(vg):+.4f} ({len(vg)} seed(s), no interval)"
+    if best["baseline"]:
+        holds = "The best trial is the baseline itself: no distillation setting beat it on validation, so tune hands over the baseline."
+    elif abs(search) < 5e-4:
+        holds = (f"The search found no real gain: its best trial is {search:+.5f} from the baseline on validation, a "
+                 f"setting that leaves the student where it was; on test too ({test['verdict']}).")
+    elif test["verdict"] == "gain":
+        holds = "The validation gain holds on test."
+    else:
+        lost = confirmed is False or (confirmed is None and np.mean(vg) < search / 2)
+        why = ("retrained over seeds, the choice does not beat the baseline on validation beyond the noise either: the "
+               "search's margin was the luck of one seed among many trials (selection on a noisy validation metric)"
+               if lost else "it holds on validation over seeds but does not carry over to test beyond the noise")
+        holds = f"The validation gain does **not** hold on test ({test['verdict']}): {why}."
+    return f"""{table}
+**Search** ({t['trials']} trials, validation {metric}, seed {ev['seed']}): the baseline
+{t['baseline_valid']:.4f}; best trial {best['number']} {best['value']:.4f} ({search:+.4f}): {params_text(best)}.
+Tune's choice retrained over {len(vg)} seeds, student − baseline on **validation**: {retrained}; on **test**: {test['gain']:+.4f}.
+{holds}
+{explain_table(t.get("explain"))}"""
+
+
+def explain_table(rows: list[dict[str, Any]] | None) -> str:
+    """`distill tune --explain`'s table (tune.explain), or nothing when the teacher reads no privileged feature."""
+    if not rows:
+        return ""
+    r0 = rows[0]
+    table = md_table(["privileged feature", f"drop in the teacher's validation {r0['metric']} when shuffled", "95% interval"],
+                     [[r["feature"], f"{r['drop']:+.4f}", "" if r["low"] is None else f"[{r['low']:+.4f}, {r['high']:+.4f}]"]
+                      for r in rows])
+    return (f"\n**What each privileged feature adds to the teacher** (`--explain`: the search's teacher, validation "
+            f"{r0['metric']} {r0['intact']:.4f}, with one column shuffled, {r0['repeats']} shuffles; no retraining):\n\n{table}")
+
+
+def tune_benchmark(out: Path, name: str, make_config: Callable[[Path], Any], trials: int, seeds: int,
+                   markdown: Callable[[dict[str, Any]], str], quick: bool) -> dict[str, Any]:
+    """Run `defaults_and_tune` on the config `make_config(data_dir)` writes (in a temporary
+    directory), time it, and write `name`.md/.csv with `markdown(evidence)`."""
+    import torch
+    with tempfile.TemporaryDirectory() as tmp, Stopwatch() as total:
+        cfg = make_config(Path(tmp) / "data")
+        ev = defaults_and_tune(cfg, trials, seeds, Path(tmp))
+    ev.update(seconds=total.seconds, capability=torch.backends.cpu.get_cpu_capability(), quick=quick,
+              trials_asked=trials, seeds=seeds)
+    write_results(out, name, markdown(ev), tune_rows(ev))
+    return ev
+
+
+def teacher_line(c: dict[str, Any]) -> str:
+    """How far the teacher is ahead of the baseline on test (what distillation could pass on)."""
+    v = c["verdict"]
+    e = v["metrics"][v["primary"]]
+    if "teacher_gain" not in e:
+        return ""
+    ahead = f"{e['teacher_gain']:+.4f}" + ("" if e["teacher_low"] is None else f" [{e['teacher_low']:+.4f}, {e['teacher_high']:+.4f}]")
+    return f"The teacher − baseline on test {v['primary']}: {ahead} (compare's defaults)."
+
+
+def tune_footer(ev: dict[str, Any]) -> str:
+    return (f"Wall time: {ev['seconds']:.0f} s (compare's defaults {ev['compare_seconds']:.0f} s, tune {ev['tune_seconds']:.0f} s); "
+            f"`torch.backends.cpu.get_cpu_capability()` = `{ev['capability']}`; run under `nice -n 5`. {environment_note()}\n")

@@ -47,26 +47,14 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
 
 def check(summary: dict[str, Any]) -> list[str]:
     """No harm: tune's choice is not worse than the baseline on test beyond the noise."""
-    v = summary["compare"]["verdict"]
-    m = v["metrics"][v["primary"]]
-    if m["verdict"] == "harm":
-        return [f"tune's choice harms the student on test: {v['headline']}"]
-    return []
-
-
-def _row(name: str, c: dict[str, Any], metric: str) -> list[str]:
-    m = c["verdict"]["metrics"][metric]
-    return [name, f"{c['baseline'][metric]['mean']:.4f} ± {c['baseline'][metric]['std']:.4f}",
-            f"{c['student'][metric]['mean']:.4f} ± {c['student'][metric]['std']:.4f}",
-            f"{m['gain']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]", m["verdict"]]
+    return common.no_harm(summary)
 
 
 def markdown(s: dict[str, Any]) -> str:
     c, best = s["compare"], s["best"]
     metric = c["verdict"]["primary"]
-    choice = "the baseline (λ = 0)" if best["baseline"] else ", ".join(
-        f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in best["params"].items())
-    rows = [_row(f"tune's choice, {m}", c, m) for m in c["verdict"]["metrics"]]
+    choice = common.params_text(best)
+    rows = [common.verdict_row(f"tune's choice, {m}", c, m) for m in c["verdict"]["metrics"]]
     return f"""# `distill tune` on MovieLens-100k CTR (two-tower student)
 
 Command: `python -m benchmarks.{NAME}` (it writes the data of `benchmarks.movielens_ctr` and runs

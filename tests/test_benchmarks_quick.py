@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from benchmarks import common, demo_ablation, generalized_synthetic
+from benchmarks import common, demo_ablation, generalized_synthetic, tune_demo
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +51,20 @@ def test_write_results_writes_markdown_csv_and_png_whole(tmp_path):
     assert [p.name for p in paths] == ["x.md", "x.csv", "x.png"]
     assert (tmp_path / "x.csv").read_text().splitlines() == ["a,b,c", "1,0.5,", "2,,z"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+def test_tune_demo_quick_compares_defaults_and_tune_against_the_baseline_with_verdicts(tmp_path):
+    pytest.importorskip("optuna")
+    ev = tune_demo.run(quick=True, out=tmp_path)
+    assert tune_demo.check(ev) == []  # no harm on test
+    md = (tmp_path / "tune_demo.md").read_text()
+    words = ("gain", "no gain (within noise)", "harm")
+    for run in ("compare's defaults", "tune's choice"):
+        line = next(l for l in md.splitlines() if l.startswith(f"| {run}, auc |"))
+        assert line.rstrip(" |").rsplit("| ", 1)[1] in words
+    assert len(ev["valid_gains"]) == 2 and "on **test**" in md and "get_cpu_capability()" in md
+    assert "| user_cat_clicks_24h |" in md  # the --explain table
+    rows = list(csv.DictReader(open(tmp_path / "tune_demo.csv")))
+    assert {r["run"] for r in rows} == {"defaults", "tune"} and any(r["model"] == "gain" and r["verdict"] for r in rows)
+    harmed = {"compare": {"verdict": {"primary": "auc", "headline": "auc: harm", "metrics": {"auc": {"verdict": "harm"}}}}}
+    assert tune_demo.check({"tune": harmed})

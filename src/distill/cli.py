@@ -205,13 +205,16 @@ def tune(config: Path = typer.Argument(..., help="The YAML config (its `tune:` s
          output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where the study, best.yaml, compare.json and tune.md go "
                                                "(default: the config's `output`/tune)."),
          seeds: int = typer.Option(3, help="Seeds the best setting is retrained over against the baseline (0: search only)."),
+         explain: bool = typer.Option(False, "--explain", metavar="", help="Also how much each privileged feature adds to "
+                                      "the teacher (its validation metric with the column shuffled)."),
          set_: Optional[list[str]] = SetOption,
          quiet: bool = typer.Option(False, "--quiet", "-q", metavar="", help="No progress lines.")) -> None:
     """Search λ, T, the schedule and the mode on validation (trial 0: the baseline), then the best against the baseline on test."""
     from distill.tune import default_output as tune_output, tune as run_tune
     cfg = load_config(config, parse_overrides(set_))
     output = output or tune_output(cfg)
-    run_tune(cfg, trials=trials, timeout=timeout, storage=storage, study_name=study, output=output, seeds=seeds, quiet=quiet)
+    run_tune(cfg, trials=trials, timeout=timeout, storage=storage, study_name=study, output=output, seeds=seeds, quiet=quiet,
+             explain_features=explain)
     out.print(f"written to [bold]{escape(str(output))}[/]: best.yaml, tune.md, tune.html"
               + (", compare.json" if seeds else ""))
 

@@ -13,6 +13,10 @@ Cost: the data is read and encoded once per process; the async teacher is traine
 logits cached (in memory and under <output>/cache, keyed by what the teacher depends on), so an
 async trial costs one student's training; the baseline is trained once (its validation metric
 cached the same way) and is the λ = 0 trial's value (a λ = 0 student is the baseline bit for bit).
+Dropout draws from torch's global RNG: the cache keeps its state after the teacher's training too,
+and an async trial (and the baseline) starts from it, as `distill train`'s async student does, so
+best.yaml reproduces its trial also with dropout. `--explain` (explain()): permutation importance of
+each privileged feature for the cached teacher, on validation.
 A sync trial trains its own teacher too, so sync is searched only when `tune.modes` lists it.
 
 Several processes on one storage share one study; each asks Optuna for its next trial, so no
@@ -169,7 +173,7 @@ class Shared:
         self.loader = make_loader(cfg, self.splits)
         self.label = self.splits.encoders.label
         self.metric = Plan.from_config(cfg).metric
-        self._logits: dict[str, torch.Tensor] = {}
+        self._logits: dict[str, dict[str, Any]] = {}  # per teacher key: logits, the RNG state after it, weights
         self._baseline: float | None = None
         cache.mkdir(parents=True, exist_ok=True)
 
@@ -178,29 +182,51 @@ class Shared:
         return build_member(cfg, self.splits.encoders, name)
 
     def teacher_logits(self) -> torch.Tensor:
+        return self._teacher_state()["logits"]
+
+    def after_teacher(self) -> torch.Tensor:
+        """The global RNG state right after the teacher's training: where `distill train`'s async
+        student starts drawing its dropout masks, so a trial set to it trains the student train does."""
+        return self._teacher_state()["rng"]
+
+    def teacher(self):
+        """The trained teacher (its weights from the cache), for --explain."""
+        state = self._teacher_state()
+        with torch.random.fork_rng(devices=[]):  # building seeds the global RNG: leave it as it was
+            t = self.member(self.cfg, "teacher")
+        t.module.load_state_dict(state["weights"])
+        return t
+
+    def _teacher_state(self) -> dict[str, Any]:
         key = _key(self.cfg, "teacher", "train")
         if key not in self._logits:
             path = self.cache / f"teacher-{key}.pt"
-            if path.is_file():
-                self._logits[key] = torch.load(path, weights_only=True)
-            else:
+            saved = torch.load(path, weights_only=True) if path.is_file() else None
+            if not isinstance(saved, dict):  # none yet, or a cache of logits only (before the RNG state was kept)
                 teacher = self.member(self.cfg, "teacher")
                 # build the student and the baseline too, as `distill train` does before it trains the
                 # teacher: the global RNG (dropout) then starts the teacher's training where train's does
                 self.member(self.cfg, "student"), self.member(self.cfg, "baseline")
                 phases.fit_teacher(teacher, self.loader, self.splits.valid, self.label, Plan.from_config(self.cfg))
                 logits = phases.cache_teacher_logits(teacher, self.loader, precision=self.cfg.train.precision)
-                _atomic(path, lambda p: torch.save(logits, p))
-                self._logits[key] = logits
+                saved = {"logits": logits, "rng": torch.get_rng_state(), "weights": teacher.module.state_dict()}
+                _atomic(path, lambda p: torch.save(saved, p))
+            self._logits[key] = saved
         return self._logits[key]
 
-    def baseline(self) -> float:
+    def baseline(self, after_teacher: bool = False) -> float:
+        """The λ = 0 trial's value. `after_teacher` (async): trained from the RNG state the async
+        student starts from (`after_teacher()`), so that it is what `distill train` of the λ = 0
+        config gives for the student also when the student has dropout."""
         if self._baseline is None:
-            path = self.cache / f"baseline-{_key(self.cfg, 'student', 'train')}.json"
+            sections = ("student", "train") + (("teacher",) if after_teacher else ())
+            path = self.cache / f"baseline-{_key(self.cfg, *sections)}.json"
             if path.is_file():
                 self._baseline = float(json.loads(path.read_text())["valid"])
             else:
                 b = self.member(self.cfg, "baseline")
+                if after_teacher:
+                    torch.set_rng_state(self.after_teacher())
                 s = phases.fit_baseline(b, self.loader, self.splits.valid, self.label, Plan.from_config(self.cfg))
                 self._baseline = float(s["best_valid"]["baseline"][self.metric])
                 _atomic(path, lambda p: p.write_text(json.dumps({"valid": self._baseline})))
@@ -215,7 +241,7 @@ def objective(shared: Shared, cfg: Config, space: TuneConfig):
         params = suggest(trial, cfg, space, len(shared.loader))
         if params["weight"] == 0.0:  # the baseline: trained once, its value reused
             trial.set_user_attr("baseline", True)
-            return shared.baseline()
+            return shared.baseline(after_teacher=params.get("mode", space.modes[0]) == "async")
         c = trial_config(cfg, params)
         plan = Plan.from_config(c)
         d = c.distillation
@@ -225,6 +251,7 @@ def objective(shared: Shared, cfg: Config, space: TuneConfig):
             if d.mode == "async":
                 logits = shared.teacher_logits()
                 student = shared.member(c, "student")
+                torch.set_rng_state(shared.after_teacher())  # dropout masks drawn as in `distill train`
                 s = phases.fit_student(student, logits, shared.loader, shared.splits.valid, shared.label, plan,
                                        lam=lam, temperature=d.temperature, log=log)
             else:  # sync: this trial's own teacher, trained with the student
@@ -246,6 +273,63 @@ def objective(shared: Shared, cfg: Config, space: TuneConfig):
         return float(s["best_valid"]["student"][shared.metric])
 
     return run
+
+
+# ----------------------------------------------------------------------------- --explain
+
+EXPLAIN_REPEATS = 5  # shuffles per feature: the interval is over these
+
+
+def explain(shared: Shared, repeats: int = EXPLAIN_REPEATS) -> list[dict[str, Any]]:
+    """How much each privileged feature adds to the teacher: permutation importance on validation.
+
+    The search's trained teacher (the cached one) scores the validation split with one privileged
+    feature's encoded column shuffled across rows, `repeats` times (seeded shuffles); drop = intact −
+    shuffled on the stopping metric (sign flipped for a lower-is-better one: positive = the feature
+    helps), mean and 95% t-interval over the shuffles. No retraining: it says what this teacher
+    uses, not what a teacher without the feature would learn from the others (features that carry
+    the same signal share the credit). Largest drop first.
+    """
+    from dataclasses import replace
+
+    from distill.training.common import evaluate
+    valid = shared.splits.valid
+    if valid is None:
+        raise DistillError("--explain: needs a validation split (data.valid) to shuffle the privileged features on")
+    privileged = {f.name for f in shared.cfg.features if f.privileged}
+    teacher = shared.teacher()
+    names = [n for n in teacher.features if n in privileged]
+    sign = 1.0 if results.higher_is_better(shared.metric) else -1.0
+
+    def score(data) -> float:
+        return float(evaluate(teacher.module, data, teacher.features, shared.label)[shared.metric])
+
+    intact, rows = score(valid), []
+    for k, name in enumerate(names):
+        drops = []
+        for r in range(repeats):
+            perm = torch.randperm(len(valid), generator=torch.Generator().manual_seed(1000 * k + r))
+            shuffled = replace(valid, features=valid.features | {name: valid.features[name][perm]}, packs=[])
+            drops.append(sign * (intact - score(shuffled)))
+        drop, low, high = results.t_interval(drops) if repeats > 1 else (drops[0], None, None)
+        rows.append({"feature": name, "metric": shared.metric, "intact": intact, "drop": drop, "low": low,
+                     "high": high, "repeats": repeats})
+    return sorted(rows, key=lambda r: -r["drop"])
+
+
+def explain_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The --explain table as printed."""
+    if not rows:
+        return ["--explain: the teacher reads no privileged feature (nothing to explain)"]
+    r0 = rows[0]
+    width = max(len("feature"), *(len(r["feature"]) for r in rows))
+    out = [f"what each privileged feature adds to the teacher (validation {r0['metric']} {r0['intact']:.4f}; "
+           f"drop when the column is shuffled, {r0['repeats']} shuffles):",
+           f"  {'feature':<{width}}  {'drop':>8}  95% interval"]
+    for r in rows:
+        interval = "" if r["low"] is None else f"[{r['low']:+.4f}, {r['high']:+.4f}]"
+        out.append(f"  {r['feature']:<{width}}  {r['drop']:+8.4f}  {interval}")
+    return out
 
 
 # ----------------------------------------------------------------------------- the study
@@ -289,9 +373,10 @@ def prepare(output: Path) -> None:
 
 def tune(cfg: Config, trials: int = 20, timeout: float | None = None, storage: str | None = None,
          study_name: str | None = None, output: str | Path | None = None, seeds: int = 3,
-         quiet: bool = False) -> dict[str, Any]:
+         quiet: bool = False, explain_features: bool = False) -> dict[str, Any]:
     """Run (or continue) the study until it holds `trials` finished trials, then retrain the best
-    over `seeds` seeds against the baseline (seeds=0: search only). Returns tune.json's content.
+    over `seeds` seeds against the baseline (seeds=0: search only). `explain_features`: also how much
+    each privileged feature adds to the teacher (`explain`). Returns tune.json's content.
 
     >>> summary = tune(load_config("config.yaml"), trials=20)      # doctest: +SKIP
     >>> summary["best"]["params"], summary["compare"]["verdict"]["headline"]
@@ -351,7 +436,8 @@ def tune(cfg: Config, trials: int = 20, timeout: float | None = None, storage: s
                 break
             study.optimize(run, n_trials=1, timeout=left, catch=())
             bar.update(study)
-    summary = finish(study, cfg, output, name, metric, seeds, quiet)
+    importance = explain(shared) if explain_features else None
+    summary = finish(study, cfg, output, name, metric, seeds, quiet, importance)
     return summary
 
 
@@ -375,7 +461,8 @@ def best_config(cfg: Config, params: dict[str, Any], output: Path) -> Config:
     return c
 
 
-def finish(study, cfg: Config, output: Path, name: str, metric: str, seeds: int, quiet: bool) -> dict[str, Any]:
+def finish(study, cfg: Config, output: Path, name: str, metric: str, seeds: int, quiet: bool,
+           importance: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """best.yaml, the final comparison over seeds on test, tune.json and the report."""
     from distill.tune_report import write_report
     optuna = _optuna()
@@ -411,6 +498,10 @@ def finish(study, cfg: Config, output: Path, name: str, metric: str, seeds: int,
             say(comp["verdict"]["headline"])
     else:  # search only: a comparison left by an earlier run of this tune is of another choice
         (output / "compare.json").unlink(missing_ok=True)
+    summary["explain"] = importance  # None without --explain (tune.json keeps no stale table)
+    if importance is not None:
+        for line in explain_lines(importance):
+            say(line)
     _mark(output, summary)
     write_report(study, summary, output)
     return summary
