@@ -61,6 +61,16 @@ def _mix(base: dict, weights: dict[str, float], max_group_rows: int) -> dict:
     return cfg
 
 
+def _in_batch(base: dict, weights: dict[str, float], temperature: float | None = None) -> dict:
+    """The within-group term over the ordinary shuffled batches (distillation.group_batches: in_batch):
+    the pointwise run's batches, a term added on the rows of each user that share a batch."""
+    cfg = _loss(base, next(n for n in weights if n != "pointwise"))
+    cfg["distillation"].update(loss_weights=weights, group_batches="in_batch")
+    if temperature is not None:
+        cfg["distillation"]["temperature"] = temperature
+    return cfg
+
+
 # name -> (what it is, config from the data set's base config)
 VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "one": ("one teacher (pfd), async", _async),
@@ -74,11 +84,20 @@ VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "listwise": ("sync, listwise L_d", lambda b: _loss(b, "listwise")),
     "mix_chunk16": ("sync, pointwise 1 + listwise 0.5, groups cut to 16 rows",
                     lambda b: _mix(b, {"pointwise": 1.0, "listwise": 0.5}, 16)),
+    "inb_pair05": ("sync, pointwise 1 + pairwise 0.5, in-batch groups",
+                   lambda b: _in_batch(b, {"pointwise": 1.0, "pairwise": 0.5})),
+    "inb_list05": ("sync, pointwise 1 + listwise 0.5, in-batch groups",
+                   lambda b: _in_batch(b, {"pointwise": 1.0, "listwise": 0.5})),
+    "inb_list2": ("sync, pointwise 1 + listwise 2, in-batch groups",
+                  lambda b: _in_batch(b, {"pointwise": 1.0, "listwise": 2.0})),
+    "inb_pair2_T2": ("sync, pointwise 1 + pairwise 2, in-batch groups, T = 2",
+                     lambda b: _in_batch(b, {"pointwise": 1.0, "pairwise": 2.0}, 2.0)),
 }
 # (variant, against): student − student, paired by seed
 PAIRS = [("mean3", "one"), ("gate3", "one"), ("gate3_valid", "one"), ("gate3_valid", "gate3"), ("gate3_valid", "mean3"),
          ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise"),
-         ("mix_chunk16", "pointwise")]
+         ("mix_chunk16", "pointwise"), ("inb_pair05", "pointwise"), ("inb_list05", "pointwise"),
+         ("inb_list2", "pointwise"), ("inb_pair2_T2", "pointwise")]
 
 
 def base_config(data: str, root: Path) -> dict:
