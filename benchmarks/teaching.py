@@ -71,6 +71,11 @@ def _in_batch(base: dict, weights: dict[str, float], temperature: float | None =
     return cfg
 
 
+def _batch(cfg: dict, rows: int) -> dict:
+    cfg["train"]["batch_size"] = rows  # more rows of each user share a batch
+    return cfg
+
+
 # name -> (what it is, config from the data set's base config)
 VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "one": ("one teacher (pfd), async", _async),
@@ -92,12 +97,18 @@ VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
                   lambda b: _in_batch(b, {"pointwise": 1.0, "listwise": 2.0})),
     "inb_pair2_T2": ("sync, pointwise 1 + pairwise 2, in-batch groups, T = 2",
                      lambda b: _in_batch(b, {"pointwise": 1.0, "pairwise": 2.0}, 2.0)),
+    "inb_list05_async": ("async (the teacher trained first, its best weights cached), pointwise 1 + listwise 0.5, in-batch groups",
+                         lambda b: _async(_in_batch(b, {"pointwise": 1.0, "listwise": 0.5}))),
+    "pointwise_b4096": ("sync, pointwise L_d, batches of 4096", lambda b: _batch(_loss(b, "pointwise"), 4096)),
+    "inb_list2_b4096": ("sync, pointwise 1 + listwise 2, in-batch groups, batches of 4096",
+                        lambda b: _batch(_in_batch(b, {"pointwise": 1.0, "listwise": 2.0}), 4096)),
 }
 # (variant, against): student − student, paired by seed
 PAIRS = [("mean3", "one"), ("gate3", "one"), ("gate3_valid", "one"), ("gate3_valid", "gate3"), ("gate3_valid", "mean3"),
          ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise"),
          ("mix_chunk16", "pointwise"), ("inb_pair05", "pointwise"), ("inb_list05", "pointwise"),
-         ("inb_list2", "pointwise"), ("inb_pair2_T2", "pointwise")]
+         ("inb_list2", "pointwise"), ("inb_pair2_T2", "pointwise"), ("inb_list2_b4096", "pointwise_b4096"),
+         ("inb_list05_async", "one")]
 
 
 def base_config(data: str, root: Path) -> dict:
@@ -200,7 +211,7 @@ def total_wall(root: Path) -> float:
     return sum(json.loads(p.read_text())["seconds"] for p in root.glob("*/*.wall.json"))
 
 
-def summarize(root: Path, out: Path, notes: str) -> str:
+def summarize(root: Path, out: Path, notes: str, name: str = NAME) -> str:
     import torch
     parts, rows = [], []
     for data in DATA:
@@ -218,7 +229,7 @@ def summarize(root: Path, out: Path, notes: str) -> str:
           f"Command: `python -m benchmarks.teaching` (runs under `{root}`). "
           f"`torch.backends.cpu.get_cpu_capability()` = `{torch.backends.cpu.get_cpu_capability()}`. "
           f"{common.environment_note()} Wall time: {total_wall(root):.0f} s for all the compare runs.\n\n" + notes + "\n\n" + "\n".join(parts))
-    common.write_results(out, NAME, md, rows)
+    common.write_results(out, name, md, rows)
     return md
 
 
@@ -231,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summarize-only", action="store_true")
     ap.add_argument("--notes", type=Path, default=None, help="a Markdown file of reading notes put above the tables")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
+    ap.add_argument("--name", default=NAME, help="the results' file name (results/NAME.md, .csv)")
     args = ap.parse_args(argv)
     if not args.summarize_only:
         for data in args.data:
@@ -238,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 run_variant(data, v, args.seeds, args.root)
     common.setup_torch()  # the note below says what the runs used: one thread (train.threads: 1 in every config)
     notes = args.notes.read_text() if args.notes else ""
-    print(summarize(args.root, args.out, notes))
+    print(summarize(args.root, args.out, notes, args.name))
 
 
 if __name__ == "__main__":
