@@ -400,6 +400,9 @@ def test_in_batch_through_the_cli_and_its_refusals(tmp_path):
     run = Path(raw["output"])
     steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines() if '"L_pairwise"' in line]
     assert steps and any(s["L_pairwise"] > 0 for s in steps)
+    pointwise = {**raw, "distillation": {"mode": "sync", "weight": 0.5, "group_batches": "in_batch"}}
+    assert ranking.check(config_from_dict(pointwise)) == [
+        "distillation.group_batches is ignored: distillation.loss 'pointwise' uses no groups"]
     raw["distillation"]["max_group_rows"] = 8
     assert ranking.check(config_from_dict(raw)) == [
         "distillation.max_group_rows is ignored: distillation.group_batches 'in_batch' uses the ordinary batches"]

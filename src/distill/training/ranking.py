@@ -40,6 +40,8 @@ def check(cfg: Config) -> list[str]:
     d = cfg.distillation
     if not wants_groups(cfg):
         warnings = [f"distillation.group is ignored: distillation.loss '{d.loss}' uses no groups"] if d.group else []
+        if d.group_batches != "whole":
+            warnings.append(f"distillation.group_batches is ignored: distillation.loss '{d.loss}' uses no groups")
         if d.mode == "none" and (d.loss != "pointwise" or d.loss_weights):
             return [f"distillation.loss is ignored in mode 'none'"] + warnings
         return warnings
