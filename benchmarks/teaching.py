@@ -71,8 +71,10 @@ def _in_batch(base: dict, weights: dict[str, float], temperature: float | None =
     return cfg
 
 
-def _batch(cfg: dict, rows: int) -> dict:
+def _batch(cfg: dict, rows: int, lr: float | None = None) -> dict:
     cfg["train"]["batch_size"] = rows  # more rows of each user share a batch
+    if lr is not None:
+        cfg["train"]["lr"] = lr
     return cfg
 
 
@@ -102,13 +104,18 @@ VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "pointwise_b4096": ("sync, pointwise L_d, batches of 4096", lambda b: _batch(_loss(b, "pointwise"), 4096)),
     "inb_list2_b4096": ("sync, pointwise 1 + listwise 2, in-batch groups, batches of 4096",
                         lambda b: _batch(_in_batch(b, {"pointwise": 1.0, "listwise": 2.0}), 4096)),
+    "pointwise_b4096_lr04": ("sync, pointwise L_d, batches of 4096, lr 0.04",
+                             lambda b: _batch(_loss(b, "pointwise"), 4096, 0.04)),
+    "inb_list2_b4096_lr04": ("sync, pointwise 1 + listwise 2, in-batch groups, batches of 4096, lr 0.04",
+                             lambda b: _batch(_in_batch(b, {"pointwise": 1.0, "listwise": 2.0}), 4096, 0.04)),
 }
 # (variant, against): student − student, paired by seed
 PAIRS = [("mean3", "one"), ("gate3", "one"), ("gate3_valid", "one"), ("gate3_valid", "gate3"), ("gate3_valid", "mean3"),
          ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise"),
          ("mix_chunk16", "pointwise"), ("inb_pair05", "pointwise"), ("inb_list05", "pointwise"),
          ("inb_list2", "pointwise"), ("inb_pair2_T2", "pointwise"), ("inb_list2_b4096", "pointwise_b4096"),
-         ("inb_list05_async", "one")]
+         ("inb_list05_async", "one"), ("inb_list2_b4096_lr04", "pointwise_b4096_lr04"),
+         ("inb_list2_b4096_lr04", "pointwise")]
 
 
 def base_config(data: str, root: Path) -> dict:
