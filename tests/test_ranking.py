@@ -458,3 +458,32 @@ def test_sampled_pairs_depend_on_the_rows_and_seed_only():
     assert a.item() == pairwise_distill_loss(s, t, g, max_pairs=10, row_ids=rows, seed=3).item()  # a resumed step
     assert a.item() != pairwise_distill_loss(s, t, g, max_pairs=10, row_ids=rows, seed=4).item()
     assert a.item() != pytest.approx(pairwise_distill_loss(s, t, g).item(), rel=1e-6)  # 10 of the 66 pairs
+
+
+@pytest.mark.parametrize("batches", ["in_batch", "whole"])
+def test_a_sync_step_with_a_within_group_term_reads_the_device_once_per_logging_interval(tmp_path, monkeypatch, batches):
+    """The whole sync step loop (teacher, student, listwise + pointwise L_d, optimizer) as in
+    tests/test_gpu.py: only the logged steps read their losses back."""
+    from distill import phases
+    from distill.data.dataset import load_splits
+    from distill.run import build_member, make_loader
+    from distill.training.loop import Plan
+    raw, cfg = _in_batch_cfg(tmp_path, group_batches=batches)
+    cfg.train.batch_size = 32
+    splits = load_splits(cfg)
+    loader = make_loader(cfg, splits)
+    term = ranking.term_of(cfg, loader)
+    members = [build_member(cfg, splits.encoders, n) for n in ("teacher", "student")]
+    # the batches made beforehand: the grouped loader packs its groups with CPU-side .tolist() calls
+    # (row numbers on the host, no device involved), which are not what this counts
+    made = list(loader.epoch(0))
+    loader.epoch = lambda epoch, start=0: iter(made[start:])
+    tolist = torch.Tensor.tolist
+    lists = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: lists.append(1) or tolist(self))
+    reads = _HostReads()
+    with reads:
+        summary = phases.fit_together(*members, loader, None, splits.encoders.label, Plan(epochs=1, metric="auc", log_every=5),
+                                      lam=0.5, term=term)
+    steps = summary["steps"]
+    assert steps >= 10 and reads.count + len(lists) <= math.ceil(steps / 5) + 1, (steps, reads.count, len(lists))
