@@ -61,6 +61,23 @@ def _mix(base: dict, weights: dict[str, float], max_group_rows: int) -> dict:
     return cfg
 
 
+def _in_batch(base: dict, weights: dict[str, float], temperature: float | None = None) -> dict:
+    """The within-group term over the ordinary shuffled batches (distillation.group_batches: in_batch):
+    the pointwise run's batches, a term added on the rows of each user that share a batch."""
+    cfg = _loss(base, next(n for n in weights if n != "pointwise"))
+    cfg["distillation"].update(loss_weights=weights, group_batches="in_batch")
+    if temperature is not None:
+        cfg["distillation"]["temperature"] = temperature
+    return cfg
+
+
+def _batch(cfg: dict, rows: int, lr: float | None = None) -> dict:
+    cfg["train"]["batch_size"] = rows  # more rows of each user share a batch
+    if lr is not None:
+        cfg["train"]["lr"] = lr
+    return cfg
+
+
 # name -> (what it is, config from the data set's base config)
 VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "one": ("one teacher (pfd), async", _async),
@@ -74,11 +91,31 @@ VARIANTS: dict[str, tuple[str, Callable[[dict], dict]]] = {
     "listwise": ("sync, listwise L_d", lambda b: _loss(b, "listwise")),
     "mix_chunk16": ("sync, pointwise 1 + listwise 0.5, groups cut to 16 rows",
                     lambda b: _mix(b, {"pointwise": 1.0, "listwise": 0.5}, 16)),
+    "inb_pair05": ("sync, pointwise 1 + pairwise 0.5, in-batch groups",
+                   lambda b: _in_batch(b, {"pointwise": 1.0, "pairwise": 0.5})),
+    "inb_list05": ("sync, pointwise 1 + listwise 0.5, in-batch groups",
+                   lambda b: _in_batch(b, {"pointwise": 1.0, "listwise": 0.5})),
+    "inb_list2": ("sync, pointwise 1 + listwise 2, in-batch groups",
+                  lambda b: _in_batch(b, {"pointwise": 1.0, "listwise": 2.0})),
+    "inb_pair2_T2": ("sync, pointwise 1 + pairwise 2, in-batch groups, T = 2",
+                     lambda b: _in_batch(b, {"pointwise": 1.0, "pairwise": 2.0}, 2.0)),
+    "inb_list05_async": ("async (the teacher trained first, its best weights cached), pointwise 1 + listwise 0.5, in-batch groups",
+                         lambda b: _async(_in_batch(b, {"pointwise": 1.0, "listwise": 0.5}))),
+    "pointwise_b4096": ("sync, pointwise L_d, batches of 4096", lambda b: _batch(_loss(b, "pointwise"), 4096)),
+    "inb_list2_b4096": ("sync, pointwise 1 + listwise 2, in-batch groups, batches of 4096",
+                        lambda b: _batch(_in_batch(b, {"pointwise": 1.0, "listwise": 2.0}), 4096)),
+    "pointwise_b4096_lr04": ("sync, pointwise L_d, batches of 4096, lr 0.04",
+                             lambda b: _batch(_loss(b, "pointwise"), 4096, 0.04)),
+    "inb_list2_b4096_lr04": ("sync, pointwise 1 + listwise 2, in-batch groups, batches of 4096, lr 0.04",
+                             lambda b: _batch(_in_batch(b, {"pointwise": 1.0, "listwise": 2.0}), 4096, 0.04)),
 }
 # (variant, against): student − student, paired by seed
 PAIRS = [("mean3", "one"), ("gate3", "one"), ("gate3_valid", "one"), ("gate3_valid", "gate3"), ("gate3_valid", "mean3"),
          ("hint_mse", "one"), ("hint_cosine", "one"), ("pairwise", "pointwise"), ("listwise", "pointwise"),
-         ("mix_chunk16", "pointwise")]
+         ("mix_chunk16", "pointwise"), ("inb_pair05", "pointwise"), ("inb_list05", "pointwise"),
+         ("inb_list2", "pointwise"), ("inb_pair2_T2", "pointwise"), ("inb_list2_b4096", "pointwise_b4096"),
+         ("inb_list05_async", "one"), ("inb_list2_b4096_lr04", "pointwise_b4096_lr04"),
+         ("inb_list2_b4096_lr04", "pointwise")]
 
 
 def base_config(data: str, root: Path) -> dict:
@@ -181,7 +218,7 @@ def total_wall(root: Path) -> float:
     return sum(json.loads(p.read_text())["seconds"] for p in root.glob("*/*.wall.json"))
 
 
-def summarize(root: Path, out: Path, notes: str) -> str:
+def summarize(root: Path, out: Path, notes: str, name: str = NAME) -> str:
     import torch
     parts, rows = [], []
     for data in DATA:
@@ -199,7 +236,7 @@ def summarize(root: Path, out: Path, notes: str) -> str:
           f"Command: `python -m benchmarks.teaching` (runs under `{root}`). "
           f"`torch.backends.cpu.get_cpu_capability()` = `{torch.backends.cpu.get_cpu_capability()}`. "
           f"{common.environment_note()} Wall time: {total_wall(root):.0f} s for all the compare runs.\n\n" + notes + "\n\n" + "\n".join(parts))
-    common.write_results(out, NAME, md, rows)
+    common.write_results(out, name, md, rows)
     return md
 
 
@@ -212,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summarize-only", action="store_true")
     ap.add_argument("--notes", type=Path, default=None, help="a Markdown file of reading notes put above the tables")
     ap.add_argument("--out", type=Path, default=common.RESULTS)
+    ap.add_argument("--name", default=NAME, help="the results' file name (results/NAME.md, .csv)")
     args = ap.parse_args(argv)
     if not args.summarize_only:
         for data in args.data:
@@ -219,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
                 run_variant(data, v, args.seeds, args.root)
     common.setup_torch()  # the note below says what the runs used: one thread (train.threads: 1 in every config)
     notes = args.notes.read_text() if args.notes else ""
-    print(summarize(args.root, args.out, notes))
+    print(summarize(args.root, args.out, notes, args.name))
 
 
 if __name__ == "__main__":

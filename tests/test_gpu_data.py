@@ -491,3 +491,18 @@ def test_under_nccl_the_cache_stays_on_the_device(monkeypatch):
         place = Placement("pinned", GPU, 20 * GIB, setting="never")
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     assert cache_home(Loader(), GPU, 6 * GIB) == GPU  # all_reduce of a host tensor is not NCCL's
+
+
+def test_tune_places_its_loader_as_train_does(tmp_path, monkeypatch):
+    """distill tune's shared loader goes through run.place_loader: with the placement decided
+    "device", its rows are on the device once (not copied per trial step); on a CPU, today's loader."""
+    from distill.data.loader import placement_of
+    from distill.tune import Shared
+    cfg = cfg_of(base_config(tmp_path, n_train=200))
+    today = Shared(cfg, tmp_path / "cache")
+    assert placement_of(today.loader) is None and today.placement["data"] == "cpu"
+    _forced(monkeypatch, "device")
+    placed = Shared(cfg, tmp_path / "cache2")
+    assert placement_of(placed.loader).where == "device" and placed.placement["data"] == "device"
+    for a, b in zip(today.loader.epoch(0), placed.loader.epoch(0)):  # the same batches either way
+        assert torch.equal(a.index, b.index) and torch.equal(a.y, b.y)

@@ -330,3 +330,160 @@ def test_distillation_group_without_a_within_group_loss_is_a_warning_and_stands_
     raw["distillation"]["loss"] = "listwise"
     raw["task"].pop("group")
     assert ranking.check(config_from_dict(raw)) == []  # no task.group: distillation.group is enough
+
+
+# ----------------------------------------------------------------------------- in-batch groups
+
+
+def test_in_batch_groups_of_one_two_and_three_rows_with_ties_by_hand():
+    """An ordinary batch: users with 1, 2 and 3 rows in it (and a teacher tie); only the users with
+    two rows or more count, and the term is the hand average over their pairs / lists."""
+    s = torch.tensor([0.4, 1.0, -0.5, 0.2, 0.7, -1.2, 0.3])
+    t = torch.tensor([2.0, 0.5, 0.5, -1.0, 1.0, 3.0, 0.0])
+    g = torch.tensor([9, 4, 4, 1, 1, 7, 1])  # user 9: one row, 4: two (teacher tie), 1: three, 7: one
+    pairs = [(1, 2), (3, 4), (3, 6), (4, 6)]
+    hand = np.mean([bce(sig((t[i] - t[j]).item()), sig((s[i] - s[j]).item())) for i, j in pairs])
+    assert pairwise_distill_loss(s, t, g).item() == pytest.approx(hand, rel=1e-6)
+    assert pairs[0] == (1, 2) and t[1] == t[2]  # the tie's target is 1/2: bce(0.5, σ(s1 − s2)) is in the mean
+
+    def ce(rows):
+        pt = np.exp(t[rows].numpy()); pt /= pt.sum()
+        ls = s[rows].numpy() - np.log(np.exp(s[rows].numpy()).sum())
+        return -(pt * ls).sum()
+
+    assert listwise_distill_loss(s, t, g).item() == pytest.approx((ce([1, 2]) + ce([3, 4, 6])) / 2, rel=1e-6)
+    mixed = mixed_distill_loss(s, t, "binary", g, {"pointwise": 1.0, "listwise": 0.5})
+    assert mixed["L_d"].item() == pytest.approx(distill_loss(s, t, "binary").item() + 0.5 * mixed["L_listwise"].item(), rel=1e-6)
+    lone = torch.tensor([0, 1, 2, 3, 4, 5, 6])  # every user alone in the batch: nothing within groups
+    for loss in (pairwise_distill_loss, listwise_distill_loss):
+        out = loss(s.clone().requires_grad_(), t, lone)
+        assert out.item() == 0.0
+        out.backward()  # still a graph
+
+
+def _in_batch_cfg(tmp_path, **distillation):
+    raw = base_config(tmp_path, distillation={"mode": "sync", "weight": 0.5, "loss": "listwise",
+                                              "loss_weights": {"pointwise": 1.0, "listwise": 0.5},
+                                              "group_batches": "in_batch", **distillation},
+                      train={"batch_size": 64})
+    return raw, config_from_dict(raw)
+
+
+def test_in_batch_uses_the_pointwise_loaders_batches_and_their_groups(tmp_path):
+    from distill.data.dataset import load_splits
+    from distill.run import make_loader
+    raw, cfg = _in_batch_cfg(tmp_path)
+    pointwise = config_from_dict({**raw, "distillation": {"mode": "sync", "weight": 0.5}})
+    loader, plain = make_loader(cfg, load_splits(cfg)), make_loader(pointwise, load_splits(pointwise))
+    assert type(loader) is InMemoryLoader and type(plain) is InMemoryLoader
+    for epoch in (0, 1):  # the same rows in the same order, batch by batch
+        ours, theirs = list(loader.epoch(epoch)), list(plain.epoch(epoch))
+        assert len(ours) == len(theirs) and all(torch.equal(a.index, b.index) for a, b in zip(ours, theirs))
+    term = ranking.term_of(cfg, loader)
+    b = next(iter(loader.epoch(0)))
+    users = term.groups[b.index]
+    assert len(set(users.tolist())) < len(b)  # some users share the batch: the term has lists to order
+    s, t = torch.randn(len(b)), torch.randn(len(b))
+    assert term(s, t, b)["L_listwise"].item() == pytest.approx(listwise_distill_loss(s, t, users).item(), rel=1e-6)
+    cfg.distillation.group_batches = "whole"
+    assert isinstance(make_loader(cfg, load_splits(cfg)), GroupedLoader)  # the default keeps whole groups
+    assert config_from_dict(base_config(tmp_path)).distillation.group_batches == "whole"
+
+
+def test_in_batch_through_the_cli_and_its_refusals(tmp_path):
+    raw, _ = _in_batch_cfg(tmp_path, loss="pairwise", loss_weights={"pointwise": 1.0, "pairwise": 0.5})
+    raw["train"].update(epochs=1, baseline=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["train", str(path), "--no-report", "-q"])
+    assert r.exit_code == 0, r.output
+    run = Path(raw["output"])
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines() if '"L_pairwise"' in line]
+    assert steps and any(s["L_pairwise"] > 0 for s in steps)
+    pointwise = {**raw, "distillation": {"mode": "sync", "weight": 0.5, "group_batches": "in_batch"}}
+    assert ranking.check(config_from_dict(pointwise)) == [
+        "distillation.group_batches is ignored: distillation.loss 'pointwise' uses no groups"]
+    raw["distillation"]["max_group_rows"] = 8
+    assert ranking.check(config_from_dict(raw)) == [
+        "distillation.max_group_rows is ignored: distillation.group_batches 'in_batch' uses the ordinary batches"]
+    raw["data"]["streaming"] = True
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and "data.streaming does not keep the split there" in r.output and "Traceback" not in r.output
+    raw["data"]["streaming"], raw["distillation"]["group_batches"] = False, "some"
+    path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["validate", str(path)])
+    assert r.exit_code == 2 and "group_batches" in r.output and "Traceback" not in r.output
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """aten._local_scalar_dense: a read of a tensor's value by the host (.item(), int(), bool()),
+    which on a GPU waits for the device (the pattern of tests/test_gpu.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("loss, extra", [("listwise", {}), ("pairwise", {"max_pairs": 5})])
+def test_a_within_group_term_reads_nothing_back_per_step(tmp_path, monkeypatch, loss, extra):
+    from distill.data.dataset import load_splits
+    from distill.run import make_loader
+    _, cfg = _in_batch_cfg(tmp_path, loss=loss, loss_weights={"pointwise": 1.0, loss: 0.5}, **extra)
+    loader = make_loader(cfg, load_splits(cfg))
+    term = ranking.term_of(cfg, loader)
+    batches = list(loader.epoch(0))
+    tolist = torch.Tensor.tolist
+    lists = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: lists.append(1) or tolist(self))
+    reads = _HostReads()
+    with reads:
+        for b in batches:
+            s = torch.randn(len(b), requires_grad=True)
+            out = term(s, torch.randn(len(b)), b)
+            out["L_d"].backward()
+    assert len(batches) > 3 and reads.count == 0 and not lists, (reads.count, len(lists))
+    assert out[f"L_{loss}"].item() > 0
+
+
+def test_sampled_pairs_depend_on_the_rows_and_seed_only():
+    s, t = torch.randn(12), torch.randn(12)
+    g, rows = torch.zeros(12, dtype=torch.int64), torch.arange(100, 112)
+    a = pairwise_distill_loss(s, t, g, max_pairs=10, row_ids=rows, seed=3)
+    assert a.item() == pairwise_distill_loss(s, t, g, max_pairs=10, row_ids=rows, seed=3).item()  # a resumed step
+    assert a.item() != pairwise_distill_loss(s, t, g, max_pairs=10, row_ids=rows, seed=4).item()
+    assert a.item() != pytest.approx(pairwise_distill_loss(s, t, g).item(), rel=1e-6)  # 10 of the 66 pairs
+
+
+@pytest.mark.parametrize("batches", ["in_batch", "whole"])
+def test_a_sync_step_with_a_within_group_term_reads_the_device_once_per_logging_interval(tmp_path, monkeypatch, batches):
+    """The whole sync step loop (teacher, student, listwise + pointwise L_d, optimizer) as in
+    tests/test_gpu.py: only the logged steps read their losses back."""
+    from distill import phases
+    from distill.data.dataset import load_splits
+    from distill.run import build_member, make_loader
+    from distill.training.loop import Plan
+    raw, cfg = _in_batch_cfg(tmp_path, group_batches=batches)
+    cfg.train.batch_size = 32
+    splits = load_splits(cfg)
+    loader = make_loader(cfg, splits)
+    term = ranking.term_of(cfg, loader)
+    members = [build_member(cfg, splits.encoders, n) for n in ("teacher", "student")]
+    # the batches made beforehand: the grouped loader packs its groups with CPU-side .tolist() calls
+    # (row numbers on the host, no device involved), which are not what this counts
+    made = list(loader.epoch(0))
+    loader.epoch = lambda epoch, start=0: iter(made[start:])
+    tolist = torch.Tensor.tolist
+    lists = []
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: lists.append(1) or tolist(self))
+    reads = _HostReads()
+    with reads:
+        summary = phases.fit_together(*members, loader, None, splits.encoders.label, Plan(epochs=1, metric="auc", log_every=5),
+                                      lam=0.5, term=term)
+    steps = summary["steps"]
+    assert steps >= 10 and reads.count + len(lists) <= math.ceil(steps / 5) + 1, (steps, reads.count, len(lists))

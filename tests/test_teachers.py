@@ -196,3 +196,19 @@ def test_offline_several_score_columns(tmp_path):
     raw["distillation"]["ensemble"] = {"type": "gate"}
     with pytest.raises(DistillError, match="'gate' needs teachers"):
         check(config_from_dict(raw))
+
+
+def test_validate_lists_each_teacher_with_its_own_model_and_features(tmp_path):
+    raw = several(tmp_path)
+    raw["teachers"]["pfd"]["model"], raw["teachers"]["md"]["model"] = "dcn_v2", "deepfm"
+    raw["student"]["model"] = "dnn"
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["validate", str(cfg_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    cells = [line.replace("│", " ").split() for line in r.output.splitlines()]
+    rows = {c[0]: c[1:] for c in cells if c and c[0] in ("teacher:pfd", "teacher:md", "student")}  # "what would be trained"
+    n_all, n_serving = (len(config_from_dict(raw).features),
+                        sum(not f.get("privileged") for f in raw["features"]))
+    assert rows["teacher:pfd"][:2] == ["dcn_v2", str(n_all)] and rows["teacher:md"][:2] == ["deepfm", str(n_serving)]
+    assert rows["student"][:2] == ["dnn", str(n_serving)]

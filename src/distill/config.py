@@ -132,6 +132,10 @@ class DistillationConfig(Strict):
     loss_weights: dict[Literal["pointwise", "pairwise", "listwise"], float] | None = None
     max_pairs: int | None = Field(default=None, gt=0)  # pairwise: pairs drawn per batch (default all)
     max_group_rows: int | None = Field(default=None, gt=0)  # grouped batches: a larger group is cut into chunks
+    # which batches the within-group term sees: `whole` (data/loader.py GroupedLoader: whole groups per
+    # batch) or `in_batch` (the ordinary shuffled batches, as pointwise; the term is taken over the rows of
+    # each group that happen to share a batch, groups of one adding nothing)
+    group_batches: Literal["whole", "in_batch"] = "whole"
     # the within-group losses' group column when it is not task.group (e.g. GAUC per user, lists per
     # request); None: task.group. Read from the training split only.
     group: str | None = Field(default=None, min_length=1)

@@ -72,13 +72,25 @@ def _pair_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return i, j
 
 
+def _pair_hash(a: torch.Tensor, b: torch.Tensor, seed: int) -> torch.Tensor:
+    """A pseudo-random int64 key per pair of row numbers (a splitmix-style mix; int64 products wrap),
+    computed where the rows are: sampling pairs by it needs no generator and no host read."""
+    x = a * 1_000_003 + b * 7919 + seed * 2_654_435_761
+    for _ in range(2):
+        x = (x ^ (x >> 31)) * 0x5851F42D4C957F2D
+    return x ^ (x >> 29)
+
+
 def pairwise_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, group_ids: torch.Tensor,
                           T: float = 1.0, max_pairs: int | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None, row_ids: torch.Tensor | None = None,
+                          seed: int = 0) -> torch.Tensor:
     """RankNet-style distillation: for each pair (i, j) of one group, the cross-entropy of
     σ((s_i − s_j)/T) against the teacher's preference σ((t_i − t_j)/T), times T², averaged over
     the pairs of the batch (all of them, or `max_pairs` drawn uniformly without replacement with
-    `generator`). A tie in the teacher gives the target 1/2; a batch without pairs gives 0.
+    `generator`, or, given `row_ids` (each row's number in the split), the `max_pairs` of smallest
+    hash of (row numbers, `seed`): the same rows draw the same pairs on any device). A tie in the
+    teacher gives the target 1/2; a batch without pairs gives 0.
 
     >>> s, t, g = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
     >>> round(pairwise_distill_loss(s, t, g).item(), 4)   # BCE(σ(1)=0.7311, σ(0)) = log 2
@@ -87,7 +99,11 @@ def pairwise_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Te
     s, t = student_logits.reshape(-1), teacher_logits.detach().reshape(-1)  # stop-gradient: the student only
     i, j = _pair_index(group_ids.to(s.device))
     if max_pairs is not None and len(i) > max_pairs:
-        pick = torch.randperm(len(i), generator=generator)[:max_pairs].to(i.device)
+        if row_ids is not None:
+            r = row_ids.reshape(-1).to(i.device)
+            pick = torch.argsort(_pair_hash(r[i], r[j], seed))[:max_pairs]
+        else:
+            pick = torch.randperm(len(i), generator=generator)[:max_pairs].to(i.device)
         i, j = i[pick], j[pick]
     if len(i) == 0:
         return s.sum() * 0.0  # no pair: zero, and still a graph for backward
@@ -121,15 +137,14 @@ def listwise_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Te
     if len(s) == 0:
         return student_logits.sum() * 0.0
     _, gid = torch.unique(group_ids.reshape(-1).to(s.device)[keep], return_inverse=True)
-    n_groups = int(gid.max()) + 1
-    size = torch.bincount(gid, minlength=n_groups)  # (G,)
+    n_groups = len(s)  # an upper bound, read from the shape (no host read); unused segments stay empty
+    size = torch.zeros(n_groups, dtype=torch.int64, device=s.device).index_add(0, gid, torch.ones_like(gid))  # (G,)
     p_t = _segment_log_softmax(t / T, gid, n_groups).exp()  # (B,)
     per_row = -(p_t * _segment_log_softmax(s / T, gid, n_groups)) * T * T
     per_group = torch.zeros(n_groups, dtype=s.dtype, device=s.device).index_add(0, gid, per_row)
     lists = size > 1
-    if not lists.any():
-        return student_logits.sum() * 0.0
-    return per_group[lists].mean()
+    # no group of two rows: 0 (and a graph for backward), chosen on the device rather than by a read
+    return torch.where(lists.any(), per_group[lists].mean(), student_logits.sum() * 0.0)
 
 
 RANKING_TERMS = ("pointwise", "pairwise", "listwise")
@@ -137,7 +152,8 @@ RANKING_TERMS = ("pointwise", "pairwise", "listwise")
 
 def mixed_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, task: str, group_ids: torch.Tensor,
                        weights: dict[str, float], temperature: float = 1.0, weight: torch.Tensor | None = None,
-                       max_pairs: int | None = None, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+                       max_pairs: int | None = None, generator: torch.Generator | None = None,
+                       row_ids: torch.Tensor | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """L_d = Σ_k w_k · L_k over the terms of `weights` (distillation.loss_weights), each term also
     returned by name ("L_pointwise", "L_pairwise", "L_listwise") so the loop logs it. Row weights
     apply to the pointwise term only."""
@@ -147,7 +163,7 @@ def mixed_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
             parts["L_pointwise"] = distill_loss(student_logits, teacher_logits, task, temperature, weight)
         elif name == "pairwise":
             parts["L_pairwise"] = pairwise_distill_loss(student_logits, teacher_logits, group_ids, temperature,
-                                                        max_pairs, generator)
+                                                        max_pairs, generator, row_ids, seed)
         else:
             parts["L_listwise"] = listwise_distill_loss(student_logits, teacher_logits, group_ids, temperature)
     total = sum(w * parts[f"L_{name}"] for name, w in weights.items())

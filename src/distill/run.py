@@ -289,7 +289,7 @@ def make_loader(cfg: Config, splits: Splits) -> "InMemoryLoader | StreamingLoade
         return StreamingLoader(cfg, splits.encoders, soft_label=soft)
     assert splits.train is not None
     from distill.training import ranking
-    if ranking.wants_groups(cfg):  # within-group losses: whole groups per batch
+    if ranking.wants_groups(cfg) and cfg.distillation.group_batches == "whole":  # whole groups per batch
         return GroupedLoader(splits.train, cfg.train.batch_size, cfg.train.seed,
                              max_group_rows=cfg.distillation.max_group_rows)
     return InMemoryLoader(splits.train, cfg.train.batch_size, cfg.train.seed)

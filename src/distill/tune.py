@@ -167,10 +167,13 @@ class Shared:
 
     def __init__(self, cfg: Config, cache: Path):
         from distill.data.dataset import load_splits
-        from distill.run import make_loader
+        from distill.run import make_loader, place_loader
         self.cfg, self.cache = cfg, cache
         self.splits = load_splits(cfg)
-        self.loader = make_loader(cfg, self.splits)
+        # where the rows live on a GPU (train.data_on_device), decided once as `distill train` does:
+        # without it every trial's batches were copied to the device step by step; on a CPU nothing moves
+        self.placement: dict[str, Any] = {}
+        self.loader = place_loader(cfg, make_loader(cfg, self.splits), RunLog(None, quiet=True), self.placement)
         self.label = self.splits.encoders.label
         self.metric = Plan.from_config(cfg).metric
         self._logits: dict[str, dict[str, Any]] = {}  # per teacher key: logits, the RNG state after it, weights

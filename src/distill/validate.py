@@ -74,9 +74,9 @@ def validate(cfg: Config) -> Validation:
         else:
             model, names = build(cfg, splits.encoders, role, cfg.train.seed)
         built[role] = model
-        section = "teacher" if role == "teacher" else "student"
         from distill.models.two_tower import tower_split
-        models.append(ModelSummary(role, getattr(cfg, section).model, names, [n for n in names if n in priv], _params(model),
+        # each member's own section: teacher:<name> is teachers.<name>, the baseline is the student
+        models.append(ModelSummary(role, schema.section_of(cfg, role)[1].model, names, [n for n in names if n in priv], _params(model),
                                    tower_split(model, names)))
     shared: list[str] = []
     if mode == "sync" and cfg.distillation.share_embeddings:

@@ -7,9 +7,13 @@ losses.listwise_distill_loss); `loss_weights` mixes
 terms, e.g. {pointwise: 1.0, listwise: 0.5}. With the default (`pointwise`, no weights) no term is
 built and the steps call losses.distill_loss exactly as before, so default results are unchanged.
 
-The step finds a batch's group ids from its row positions (`batch.index`) in the training split;
+The step finds a batch's group ids from its row positions (`batch.index`) in the training split
+(on the batch's device: no host read per step). With `distillation.group_batches: whole` (default)
 the grouped loader (data/loader.py GroupedLoader) keeps each group whole inside one batch, so every
-pair and every list of a group is seen together.
+pair and every list of a group is seen together; with `in_batch` the batches are the ordinary
+shuffled ones (those of pointwise distillation, run.make_loader) and the term is taken over the
+rows of each group that share a batch (a group with one row there adds nothing). The term is per
+batch either way, so under torchrun each rank's shard of a batch is its own set of in-batch groups.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ def check(cfg: Config) -> list[str]:
     d = cfg.distillation
     if not wants_groups(cfg):
         warnings = [f"distillation.group is ignored: distillation.loss '{d.loss}' uses no groups"] if d.group else []
+        if d.group_batches != "whole":
+            warnings.append(f"distillation.group_batches is ignored: distillation.loss '{d.loss}' uses no groups")
         if d.mode == "none" and (d.loss != "pointwise" or d.loss_weights):
             return [f"distillation.loss is ignored in mode 'none'"] + warnings
         return warnings
@@ -43,8 +49,12 @@ def check(cfg: Config) -> list[str]:
         raise DistillError(f"distillation.loss: '{d.loss}' orders rows within groups; set task.group (or distillation.group) to the group column")
     if cfg.task.type == "multiclass":
         raise DistillError(f"distillation.loss: '{d.loss}' ranks one score per row; task.type 'multiclass' has several")
+    if cfg.data.streaming and d.group_batches == "in_batch":
+        raise DistillError(f"distillation.loss: '{d.loss}' reads the group of each training row from memory; data.streaming does not keep the split there (set it to false)")
     if cfg.data.streaming:
         raise DistillError(f"distillation.loss: '{d.loss}' needs whole groups per batch; data.streaming cannot keep them (set it to false)")
+    if d.group_batches == "in_batch" and d.max_group_rows is not None:
+        return ["distillation.max_group_rows is ignored: distillation.group_batches 'in_batch' uses the ordinary batches"]
     return []
 
 
@@ -60,14 +70,16 @@ class DistillTerm:
     seed: int = 0
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        group_ids = self.groups.index_select(0, batch.index.cpu()).to(student_logits.device)  # (B,)
-        generator = None
-        if self.max_pairs is not None:
-            # pairs drawn from the batch's own rows and the seed: a resumed run draws the same ones
-            first = int(batch.index[0]) if len(batch.index) else 0
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + first * 7919 + len(batch.index))
+        device = student_logits.device
+        if self.groups.device != device:  # once: the group ids then live where the batches are
+            self.groups = self.groups.to(device)
+        # no host read on the step path: the batch's row numbers select group ids on the device, and
+        # sampled pairs are drawn by a hash of their row numbers and the seed (a resumed run draws the same)
+        group_ids = self.groups.index_select(0, batch.index.to(device))  # (B,)
         return mixed_distill_loss(student_logits, teacher_logits, self.task, group_ids, self.weights,
-                                  self.temperature, batch.weight, self.max_pairs, generator)
+                                  self.temperature, batch.weight, self.max_pairs,
+                                  row_ids=batch.index.to(device) if self.max_pairs is not None else None,
+                                  seed=self.seed)
 
 
 def term_of(cfg: Config, loader) -> DistillTerm | None:
