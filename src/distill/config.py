@@ -10,6 +10,7 @@ the file and the key, and suggests the closest valid key for a misspelt one.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -354,6 +355,11 @@ def explain(error: ValidationError, raw: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"missing key '{key}'"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+        # a misspelt choice ('encoder: dinn') gets the same suggestion as a misspelt key
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(err["input"], choices, n=1, cutoff=0.5)
+        msg += f" (did you mean '{close[0]}'?)" if close else ""
     return f"{key}: {msg}" if key else msg
 
 
