@@ -240,13 +240,25 @@ def test_init_guesses_types_and_label(tmp_path: Path):
     assert cfg.task.label == "clicked" and cfg.data.valid == str(tmp_path / "valid.parquet") and cfg.data.test is None
     assert [f.name for f in cfg.features] == ["user_id", "hour", "price", "clicks_7d", "tags", "genres"]
     assert not any(f.privileged for f in cfg.features)
-    assert cfg.distillation.schedule.steps == 10  # λ ramps over about one epoch (400 rows: the floor of 10 steps)
+    assert cfg.distillation.schedule.steps == 1  # λ ramps over one epoch (400 rows: 1 step), never past the 2 epochs' end
     text = out.read_text()
     assert "privileged: true marks" in text and "# - {name: request_id}" in text
     with pytest.raises(DistillError, match="exists; pass --force"):
         init_config(str(tmp_path / "train.parquet"), out)
     init_config(str(tmp_path / "train.parquet"), out, label="hour", force=True)
     assert load_config(out).task.type == "multiclass"
+
+
+def test_init_then_validate_on_a_small_file_gives_no_warning(tmp_path: Path):
+    """The config init writes for a small file must not draw validate's warning about itself
+    (a λ ramp longer than the whole training)."""
+    pq.write_table(_table(), tmp_path / "train.parquet")
+    pq.write_table(_table(50), tmp_path / "valid.parquet")
+    cfg = tmp_path / "config.yaml"
+    assert CliRunner().invoke(app, ["init", str(tmp_path / "train.parquet"), "-o", str(cfg)]).exit_code == 0
+    r = CliRunner().invoke(app, ["validate", str(cfg)])
+    assert r.exit_code == 0 and "ok:" in r.output, r.output
+    assert "warning" not in r.output, r.output
 
 
 def test_init_asks_or_demands_the_label(tmp_path: Path):
