@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from distill.cli import app
+from distill.errors import DistillError
 
 runner = CliRunner()
 
@@ -193,6 +194,15 @@ def test_train_prints_the_bootstrap_verdict_and_predict_takes_rows(tmp_path, con
     assert run.evaluate(table.to_pylist())["student"]["data"]["auc"] == pytest.approx(run.metrics["student"]["test"]["auc"])
     with pytest.raises(TypeError, match="expected a path, a pyarrow Table, a pandas DataFrame"):
         run.predict(42)
+    # a notebook's rough edges: a short repr, a misspelt role, a path where a Config belongs
+    assert repr(run) == f"Run('{out}', binary on 'click'; teacher dnn, student dnn, baseline dnn)"
+    with pytest.raises(DistillError, match="role: 'techer' is not a model of this run"):
+        run.predict(test_path, role="techer")
+    import distill
+    with pytest.raises(TypeError, match=r"expected a distill Config, not str: load it first with distill.load_config\(path\)"):
+        distill.train(str(config_file))
+    with pytest.raises(TypeError, match="expected a distill Config, not PosixPath: load it first"):
+        distill.compare(config_file, seeds=1)
 
 
 def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):

@@ -327,6 +327,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     return config_from_dict(raw, source=str(path))
 
 
+def require_config(cfg: Any, name: str = "cfg") -> None:
+    """The Python API's first check: a path or a dict where a Config belongs is a TypeError that says
+    how to make one, not an AttributeError from deep inside."""
+    if not isinstance(cfg, Config):
+        how = ("distill.load_config(path)" if isinstance(cfg, (str, Path))
+               else "distill.config_from_dict(raw)" if isinstance(cfg, dict) else None)
+        hint = f": load it first with {how}" if how else ""
+        raise TypeError(f"{name}: expected a distill Config, not {type(cfg).__name__}{hint}")
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
