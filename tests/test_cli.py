@@ -183,6 +183,8 @@ def test_train_prints_the_bootstrap_verdict_and_predict_takes_rows(tmp_path, con
     r = invoke("train", config_file, "--output", out, "-q", "--no-report", "--set", "train.epochs=1")
     assert r.exit_code == 0, r.output
     assert "verdict — auc:" in r.output and "paired bootstrap over 300 test rows" in r.output.replace("\n", "")
+    # piped (not a terminal), the table keeps its natural width: no 'baseli…', the gain row on one line
+    assert "│ gain (student − baseline) │ test" in r.output and "…" not in r.output, r.output
     saved = np.load(out / "test_predictions.npz")
     assert set(saved.files) == {"y", "group", "teacher", "student", "baseline"} and len(saved["y"]) == 300
 

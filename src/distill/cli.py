@@ -116,6 +116,20 @@ def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> 
     return table
 
 
+def print_table(table: Table) -> None:
+    """A table at its natural width when stdout is a pipe or a log: rich would squeeze it into 80
+    columns, cutting 'baseline' to 'baseli…' and the gain row's name over four lines."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = out.width
+    out.width = max(width, 160)  # print's own width= can only narrow the console's
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
 def print_verdict(v: dict[str, Any]) -> None:
     if v.get("headline"):
         out.print(f"[bold]verdict[/] — {v['headline']}", highlight=False, soft_wrap=True)
@@ -156,7 +170,7 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
                     quiet=quiet, resume=resume is not None)
     if _is_main():  # under torchrun, rank 0 speaks for the job
         from distill.results import primary_metric, run_verdict
-        out.print(metrics_table(run.metrics, str(run.path)))
+        print_table(metrics_table(run.metrics, str(run.path)))
         print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
         out.print(f"run written to [bold]{escape(str(run.path))}[/]")
         diagnose_after(run.path)
@@ -243,7 +257,7 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        out.print(metrics_table(result, f"{run}" + (f" on {data}" if data else "")))
+        print_table(metrics_table(result, f"{run}" + (f" on {data}" if data else "")))
 
 
 @app.command()
