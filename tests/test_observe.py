@@ -308,6 +308,26 @@ def test_validate_catches_a_bad_column(data: Path, tmp_path: Path):
     assert ok.exit_code == 0 and "what would be trained" in ok.output and "nothing was trained" in ok.output
 
 
+def test_validate_warns_of_a_separator_the_values_do_not_use(data: Path, tmp_path: Path):
+    """Tags written 'a|b' under the default separator ' ' train without an error, each whole string one
+    unseen id; validate says so, naming the feature and the separator the values use."""
+    import pyarrow.compute as pc
+    raw = yaml.safe_load(data.read_text())
+    for split in ("train", "valid", "test"):
+        t = pq.read_table(raw["data"][split])
+        tags = pc.replace_substring(t.column("item_tags"), " ", "|")
+        pq.write_table(t.set_column(t.column_names.index("item_tags"), "item_tags", tags), tmp_path / f"{split}.parquet")
+        raw["data"][split] = str(tmp_path / f"{split}.parquet")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["validate", str(bad), *SMALL])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "warning: feature 'item_tags': none of the first" in text, r.output
+    assert "holds its separator ' ' but" in text and "set separator: '|'" in text
+    ok = CliRunner().invoke(app, ["validate", str(data), *SMALL])
+    assert ok.exit_code == 0 and "separator" not in ok.output, ok.output
+
+
 def test_every_command_has_help():
     runner = CliRunner()
     top = runner.invoke(app, ["--help"])
