@@ -221,6 +221,17 @@ def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):
     assert "auc" in run.evaluate(frame)["student"]["data"]
 
 
+def test_distill_compare_stays_the_function_once_its_module_is_imported():
+    """README: summary = distill.compare(cfg, seeds=5). Importing the submodule distill.compare (as the
+    CLI does) binds the package's attribute to the module unless the package keeps the function."""
+    import inspect
+    import distill
+    import distill.compare  # noqa: F401
+    from distill.compare import to_markdown  # noqa: F401  (the module's other names still import)
+    assert inspect.isfunction(distill.compare) and distill.compare.__name__ == "compare"
+    assert inspect.isfunction(distill.compare)  # a second access too
+
+
 def test_dir_lists_the_public_api():
     import distill
     assert {"train", "load_run", "Run", "compare", "load_config", "DistillError"} <= set(dir(distill))
