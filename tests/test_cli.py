@@ -132,6 +132,7 @@ def test_demo_runs_and_the_student_beats_the_baseline(tmp_path):
     summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
     assert summary["teacher"]["auc"]["mean"] > summary["baseline"]["auc"]["mean"] + 0.05
     assert "distill demo" in r.output and "gap closed" in r.output
+    assert "why: teacher_peaked_early" in r.output  # the diagnostics, as after compare (README, "Diagnostics")
 
 
 # ----------------------------------------------------------------------------- results and small UX (issue 12: 18–20)

@@ -276,6 +276,7 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
     summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
     print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
     out.print(f"details in [bold]{escape(str(output / 'compare'))}[/] (compare.md, one run directory per seed)")
+    diagnose_after(output / "compare")  # the why: lines, as after compare
     if not no_report:
         report_after(output / "compare")
 
