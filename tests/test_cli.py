@@ -45,6 +45,10 @@ def test_train_evaluate_and_compare(tmp_path, config_file):
     result = json.loads(r.output)
     assert result["teacher"]["data"] == {"skipped": "missing column 'intent'"}
     assert result["student"]["data"]["auc"] == pytest.approx(metrics["student"]["test"]["auc"])
+    # a file no model can read (here without a serving column) is an error, not a table of skips and exit 0
+    pq.write_table(test.drop_columns(["price"]), tmp_path / "no_price.parquet")
+    r = invoke("evaluate", out, "--data", tmp_path / "no_price.parquet")
+    assert r.exit_code == 2 and "no_price.parquet: no model can be evaluated: missing column 'price'" in r.output, r.output
 
     cmp_dir = tmp_path / "cmp"
     r = invoke("compare", config_file, "--seeds", 2, "--output", cmp_dir, "-q")

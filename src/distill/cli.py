@@ -254,6 +254,9 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
             raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")
     r = load_run(run, roles=role or None)  # a model left out is not built (nor its `module:` imported)
     result = r.evaluate(data)
+    entries = [e for by_split in result.values() for e in by_split.values()]
+    if entries and all("skipped" in e for e in entries):  # a table of skips would read as success
+        raise DistillError(f"{data or run}: no model can be evaluated: {entries[0]['skipped']}")
     if as_json:
         print(json.dumps(result, indent=2))
     else:
