@@ -185,8 +185,10 @@ def test_train_prints_the_bootstrap_verdict_and_predict_takes_rows(tmp_path, con
 
     from distill.run import load_run
     out = tmp_path / "run"
-    r = invoke("train", config_file, "--output", out, "-q", "--no-report", "--set", "train.epochs=1")
+    r = invoke("train", config_file, "--output", out, "-q", "--no-report", "--set", "train.epochs=1",
+               "--set", "train.data_on_device=always")
     assert r.exit_code == 0, r.output
+    assert "warning: train.data_on_device: always is ignored on cpu" in r.output  # -q drops progress, not warnings
     assert "verdict — auc:" in r.output and "paired bootstrap over 300 test rows" in r.output.replace("\n", "")
     # piped (not a terminal), the table keeps its natural width: no 'baseli…', the gain row on one line
     assert "│ gain (student − baseline) │ test" in r.output and "…" not in r.output, r.output

@@ -130,6 +130,13 @@ def print_table(table: Table) -> None:
         out.width = width
 
 
+def _run_warnings(path: Path) -> list[str]:
+    try:
+        return list(json.loads((path / "run.json").read_text()).get("warnings") or [])
+    except (OSError, ValueError):
+        return []
+
+
 def print_verdict(v: dict[str, Any]) -> None:
     if v.get("headline"):
         out.print(f"[bold]verdict[/] — {v['headline']}", highlight=False, soft_wrap=True)
@@ -170,6 +177,9 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
                     quiet=quiet, resume=resume is not None)
     if _is_main():  # under torchrun, rank 0 speaks for the job
         from distill.results import primary_metric, run_verdict
+        if quiet:  # -q drops the progress lines, which carried the warnings; a warning is not progress
+            for w in _run_warnings(run.path):
+                err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
         print_table(metrics_table(run.metrics, str(run.path)))
         print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
         out.print(f"run written to [bold]{escape(str(run.path))}[/]")
