@@ -164,6 +164,8 @@ CASES: dict[str, tuple[Callable, str]] = {
     "unknown key": (train_with(lambda r, t: r["train"].update(epocs=2)), "unknown key 'train.epocs' (did you mean 'epochs'?)"),
     "wrong type": (train_with(lambda r, t: r["train"].update(epochs="ten")), "train.epochs: Input should be a valid integer"),
     "missing key": (train_with(lambda r, t: r["task"].pop("label")), "missing key 'task.label'"),
+    "misspelt choice": (train_with(lambda r, t: r["distillation"].update(mode="asink")),
+                        "distillation.mode: Input should be 'sync', 'async', 'offline' or 'none' (did you mean 'async'?)"),
     "feature twice": (train_with(lambda r, t: r["features"].append({"name": "price", "type": "numeric"})), "feature 'price' is listed twice"),
     "student privileged": (train_with(lambda r, t: r["student"].update(features=["user", "intent"])), "student.features: 'intent' is privileged"),
     "unknown model": (train_with(lambda r, t: r["teacher"].update(model="resnet")), "teacher.model: unknown model 'resnet'"),

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from distill.cli import app
+from distill.errors import DistillError
 
 runner = CliRunner()
 
@@ -44,6 +45,10 @@ def test_train_evaluate_and_compare(tmp_path, config_file):
     result = json.loads(r.output)
     assert result["teacher"]["data"] == {"skipped": "missing column 'intent'"}
     assert result["student"]["data"]["auc"] == pytest.approx(metrics["student"]["test"]["auc"])
+    # a file no model can read (here without a serving column) is an error, not a table of skips and exit 0
+    pq.write_table(test.drop_columns(["price"]), tmp_path / "no_price.parquet")
+    r = invoke("evaluate", out, "--data", tmp_path / "no_price.parquet")
+    assert r.exit_code == 2 and "no_price.parquet: no model can be evaluated: missing column 'price'" in r.output, r.output
 
     cmp_dir = tmp_path / "cmp"
     r = invoke("compare", config_file, "--seeds", 2, "--output", cmp_dir, "-q")
@@ -131,6 +136,7 @@ def test_demo_runs_and_the_student_beats_the_baseline(tmp_path):
     summary = json.loads((tmp_path / "demo" / "compare" / "compare.json").read_text())
     assert summary["teacher"]["auc"]["mean"] > summary["baseline"]["auc"]["mean"] + 0.05
     assert "distill demo" in r.output and "gap closed" in r.output
+    assert "why: teacher_peaked_early" in r.output  # the diagnostics, as after compare (README, "Diagnostics")
 
 
 # ----------------------------------------------------------------------------- results and small UX (issue 12: 18–20)
@@ -179,9 +185,13 @@ def test_train_prints_the_bootstrap_verdict_and_predict_takes_rows(tmp_path, con
 
     from distill.run import load_run
     out = tmp_path / "run"
-    r = invoke("train", config_file, "--output", out, "-q", "--no-report", "--set", "train.epochs=1")
+    r = invoke("train", config_file, "--output", out, "-q", "--no-report", "--set", "train.epochs=1",
+               "--set", "train.data_on_device=always")
     assert r.exit_code == 0, r.output
+    assert "warning: train.data_on_device: always is ignored on cpu" in r.output  # -q drops progress, not warnings
     assert "verdict — auc:" in r.output and "paired bootstrap over 300 test rows" in r.output.replace("\n", "")
+    # piped (not a terminal), the table keeps its natural width: no 'baseli…', the gain row on one line
+    assert "│ gain (student − baseline) │ test" in r.output and "…" not in r.output, r.output
     saved = np.load(out / "test_predictions.npz")
     assert set(saved.files) == {"y", "group", "teacher", "student", "baseline"} and len(saved["y"]) == 300
 
@@ -193,6 +203,15 @@ def test_train_prints_the_bootstrap_verdict_and_predict_takes_rows(tmp_path, con
     assert run.evaluate(table.to_pylist())["student"]["data"]["auc"] == pytest.approx(run.metrics["student"]["test"]["auc"])
     with pytest.raises(TypeError, match="expected a path, a pyarrow Table, a pandas DataFrame"):
         run.predict(42)
+    # a notebook's rough edges: a short repr, a misspelt role, a path where a Config belongs
+    assert repr(run) == f"Run('{out}', binary on 'click'; teacher dnn, student dnn, baseline dnn)"
+    with pytest.raises(DistillError, match="role: 'techer' is not a model of this run"):
+        run.predict(test_path, role="techer")
+    import distill
+    with pytest.raises(TypeError, match=r"expected a distill Config, not str: load it first with distill.load_config\(path\)"):
+        distill.train(str(config_file))
+    with pytest.raises(TypeError, match="expected a distill Config, not PosixPath: load it first"):
+        distill.compare(config_file, seeds=1)
 
 
 def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):
@@ -207,6 +226,17 @@ def test_predict_takes_a_pandas_dataframe(tmp_path, config_file):
     frame = pd.read_parquet(test_path)
     assert np.allclose(run.predict(frame), run.predict(test_path))
     assert "auc" in run.evaluate(frame)["student"]["data"]
+
+
+def test_distill_compare_stays_the_function_once_its_module_is_imported():
+    """README: summary = distill.compare(cfg, seeds=5). Importing the submodule distill.compare (as the
+    CLI does) binds the package's attribute to the module unless the package keeps the function."""
+    import inspect
+    import distill
+    import distill.compare  # noqa: F401
+    from distill.compare import to_markdown  # noqa: F401  (the module's other names still import)
+    assert inspect.isfunction(distill.compare) and distill.compare.__name__ == "compare"
+    assert inspect.isfunction(distill.compare)  # a second access too
 
 
 def test_dir_lists_the_public_api():

@@ -240,13 +240,25 @@ def test_init_guesses_types_and_label(tmp_path: Path):
     assert cfg.task.label == "clicked" and cfg.data.valid == str(tmp_path / "valid.parquet") and cfg.data.test is None
     assert [f.name for f in cfg.features] == ["user_id", "hour", "price", "clicks_7d", "tags", "genres"]
     assert not any(f.privileged for f in cfg.features)
-    assert cfg.distillation.schedule.steps == 10  # λ ramps over about one epoch (400 rows: the floor of 10 steps)
+    assert cfg.distillation.schedule.steps == 1  # λ ramps over one epoch (400 rows: 1 step), never past the 2 epochs' end
     text = out.read_text()
     assert "privileged: true marks" in text and "# - {name: request_id}" in text
     with pytest.raises(DistillError, match="exists; pass --force"):
         init_config(str(tmp_path / "train.parquet"), out)
     init_config(str(tmp_path / "train.parquet"), out, label="hour", force=True)
     assert load_config(out).task.type == "multiclass"
+
+
+def test_init_then_validate_on_a_small_file_gives_no_warning(tmp_path: Path):
+    """The config init writes for a small file must not draw validate's warning about itself
+    (a λ ramp longer than the whole training)."""
+    pq.write_table(_table(), tmp_path / "train.parquet")
+    pq.write_table(_table(50), tmp_path / "valid.parquet")
+    cfg = tmp_path / "config.yaml"
+    assert CliRunner().invoke(app, ["init", str(tmp_path / "train.parquet"), "-o", str(cfg)]).exit_code == 0
+    r = CliRunner().invoke(app, ["validate", str(cfg)])
+    assert r.exit_code == 0 and "ok:" in r.output, r.output
+    assert "warning" not in r.output, r.output
 
 
 def test_init_asks_or_demands_the_label(tmp_path: Path):
@@ -294,6 +306,26 @@ def test_validate_catches_a_bad_column(data: Path, tmp_path: Path):
     assert result.exit_code == 2 and "missing column 'dwell_time'" in result.output
     ok = CliRunner().invoke(app, ["validate", str(data), *SMALL])
     assert ok.exit_code == 0 and "what would be trained" in ok.output and "nothing was trained" in ok.output
+
+
+def test_validate_warns_of_a_separator_the_values_do_not_use(data: Path, tmp_path: Path):
+    """Tags written 'a|b' under the default separator ' ' train without an error, each whole string one
+    unseen id; validate says so, naming the feature and the separator the values use."""
+    import pyarrow.compute as pc
+    raw = yaml.safe_load(data.read_text())
+    for split in ("train", "valid", "test"):
+        t = pq.read_table(raw["data"][split])
+        tags = pc.replace_substring(t.column("item_tags"), " ", "|")
+        pq.write_table(t.set_column(t.column_names.index("item_tags"), "item_tags", tags), tmp_path / f"{split}.parquet")
+        raw["data"][split] = str(tmp_path / f"{split}.parquet")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(app, ["validate", str(bad), *SMALL])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "warning: feature 'item_tags': none of the first" in text, r.output
+    assert "holds its separator ' ' but" in text and "set separator: '|'" in text
+    ok = CliRunner().invoke(app, ["validate", str(data), *SMALL])
+    assert ok.exit_code == 0 and "separator" not in ok.output, ok.output
 
 
 def test_every_command_has_help():

@@ -124,6 +124,17 @@ def test_one_seed_without_predictions_has_no_verdict():
     assert summary["verdict"]["headline"].startswith("auc: no verdict")
 
 
+def test_one_seed_shows_its_values_not_a_zero_std_and_says_why_a_verdict_is_missing():
+    md = to_markdown(summarize(_seed_metrics([0.8], [0.7], [0.75]), "test", "auc"))
+    assert "one seed: its values" in md and "±" not in md and "| teacher | 0.8000 |" in md
+    v = summarize(_seed_metrics([0.8], [0.7], [0.75]), "test", "auc")
+    v["verdict"]["metrics"]["auc"].update(low=0.01, high=0.09, verdict="gain")  # as the row bootstrap gives auc, not logloss
+    assert "No interval for logloss: the " in to_markdown(v)  # the verdict row's "–" explained
+    assert "No interval" not in md  # no metric has one: the method's own words say why
+    three = to_markdown(summarize(_seed_metrics([0.8] * 3, [0.70, 0.72, 0.71], [0.72, 0.74, 0.73]), "test", "auc"))
+    assert "3 seed(s), mean ± std" in three and "No interval" not in three  # more seeds: as before
+
+
 def test_a_corrupt_predictions_file_is_one_clear_error(tmp_path):
     (tmp_path / results.PREDICTIONS).write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(results.DistillError, match="test_predictions.npz: cannot read the test predictions"):

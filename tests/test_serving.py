@@ -271,8 +271,9 @@ def test_extreme_numeric_values_still_give_a_finite_prediction(client):
 @pytest.mark.parametrize("body, needle", [
     ({k: v for k, v in ROW.items() if k != "hour"}, "missing serving field 'hour'"),
     ({**ROW, "item_price": "cheap"}, "field 'item_price'"),
-    ({**ROW, "user_id": 3.5}, "field 'user_id'"),
-    ({**ROW, "item_tags": {"a": 1}}, "field 'item_tags'"),
+    ({**ROW, "user_id": 3.5}, "field 'user_id' (categorical): expected a category (string or integer)"),
+    ({**ROW, "item_tags": {"a": 1}}, "field 'item_tags' (multi_categorical): expected a list of categories, or one string"),
+    ({**ROW, "item_tags": [1.5]}, "field 'item_tags' (multi_categorical): expected a list of categories, or one string"),
     ({**ROW, "viewport_seconds": 3.0}, "'viewport_seconds' is privileged"),
     ({**ROW, "colour": "red"}, "'colour' is not a serving feature"),
     ({**ROW, "user_idd": 1}, "did you mean 'user_id'"),

@@ -8,6 +8,7 @@
 """
 import os
 import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -20,6 +21,21 @@ if sys.argv[:1] == ["-m"] and not sys.flags.safe_path and sys.path and sys.path[
 
 from distill.config import Config, config_from_dict, load_config  # noqa: E402
 from distill.errors import DistillError  # noqa: E402
+
+
+class _Package(types.ModuleType):
+    """`distill.compare` is the function (README, "From Python"), but importing the submodule
+    distill.compare (the CLI, a benchmark or the first `distill.compare` itself does) makes the import
+    system bind the package's attribute `compare` to that module, so the next `distill.compare(cfg)`
+    would call a module. The function is kept there instead; the module stays sys.modules["distill.compare"]."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "compare" and isinstance(value, types.ModuleType):
+            value = value.compare
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -116,6 +116,27 @@ def metrics_table(metrics: dict[str, dict[str, dict[str, Any]]], title: str) -> 
     return table
 
 
+def print_table(table: Table) -> None:
+    """A table at its natural width when stdout is a pipe or a log: rich would squeeze it into 80
+    columns, cutting 'baseline' to 'baseli…' and the gain row's name over four lines."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    width = out.width
+    out.width = max(width, 160)  # print's own width= can only narrow the console's
+    try:
+        out.print(table)
+    finally:
+        out.width = width
+
+
+def _run_warnings(path: Path) -> list[str]:
+    try:
+        return list(json.loads((path / "run.json").read_text()).get("warnings") or [])
+    except (OSError, ValueError):
+        return []
+
+
 def print_verdict(v: dict[str, Any]) -> None:
     if v.get("headline"):
         out.print(f"[bold]verdict[/] — {v['headline']}", highlight=False, soft_wrap=True)
@@ -156,7 +177,10 @@ def train(config: Path = typer.Argument(..., help="The YAML config."),
                     quiet=quiet, resume=resume is not None)
     if _is_main():  # under torchrun, rank 0 speaks for the job
         from distill.results import primary_metric, run_verdict
-        out.print(metrics_table(run.metrics, str(run.path)))
+        if quiet:  # -q drops the progress lines, which carried the warnings; a warning is not progress
+            for w in _run_warnings(run.path):
+                err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+        print_table(metrics_table(run.metrics, str(run.path)))
         print_verdict(run_verdict(run.path, run.metrics, primary_metric(run.config), run.config.task.type))
         out.print(f"run written to [bold]{escape(str(run.path))}[/]")
         diagnose_after(run.path)
@@ -240,10 +264,13 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
             raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")
     r = load_run(run, roles=role or None)  # a model left out is not built (nor its `module:` imported)
     result = r.evaluate(data)
+    entries = [e for by_split in result.values() for e in by_split.values()]
+    if entries and all("skipped" in e for e in entries):  # a table of skips would read as success
+        raise DistillError(f"{data or run}: no model can be evaluated: {entries[0]['skipped']}")
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        out.print(metrics_table(result, f"{run}" + (f" on {data}" if data else "")))
+        print_table(metrics_table(result, f"{run}" + (f" on {data}" if data else "")))
 
 
 @app.command()
@@ -262,6 +289,7 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
     summary = run_compare(load_config(cfg_path), seeds=seeds, output=output / "compare", overwrite=True, quiet=quiet)
     print(to_markdown(summary, "distill demo: PFD on a synthetic impression log"))
     out.print(f"details in [bold]{escape(str(output / 'compare'))}[/] (compare.md, one run directory per seed)")
+    diagnose_after(output / "compare")  # the why: lines, as after compare
     if not no_report:
         report_after(output / "compare")
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from distill import outputs, results
-from distill.config import Config
+from distill.config import Config, require_config
 from distill.data.dataset import load_splits
 from distill.errors import DistillError
 from distill.run import prepare_output, publish, train
@@ -69,6 +69,7 @@ def compare(cfg: Config, seeds: int = 5, output: str | Path | None = None, overw
     >>> summary = compare(load_config("config.yaml"), seeds=5)     # doctest: +SKIP
     >>> summary["verdict"]["headline"], summary["gap_closed"]["auc"]
     """
+    require_config(cfg)
     if seeds < 1:
         raise DistillError("--seeds: must be at least 1")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would write the same comparison

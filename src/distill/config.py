@@ -10,6 +10,7 @@ the file and the key, and suggests the closest valid key for a misspelt one.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -330,6 +331,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     return config_from_dict(raw, source=str(path))
 
 
+def require_config(cfg: Any, name: str = "cfg") -> None:
+    """The Python API's first check: a path or a dict where a Config belongs is a TypeError that says
+    how to make one, not an AttributeError from deep inside."""
+    if not isinstance(cfg, Config):
+        how = ("distill.load_config(path)" if isinstance(cfg, (str, Path))
+               else "distill.config_from_dict(raw)" if isinstance(cfg, dict) else None)
+        hint = f": load it first with {how}" if how else ""
+        raise TypeError(f"{name}: expected a distill Config, not {type(cfg).__name__}{hint}")
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
@@ -358,6 +369,11 @@ def explain(error: ValidationError, raw: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"missing key '{key}'"
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "literal_error" and isinstance(err.get("input"), str):
+        # a misspelt choice ('encoder: dinn') gets the same suggestion as a misspelt key
+        choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+        close = difflib.get_close_matches(err["input"], choices, n=1, cutoff=0.5)
+        msg += f" (did you mean '{close[0]}'?)" if close else ""
     return f"{key}: {msg}" if key else msg
 
 

@@ -265,7 +265,9 @@ def _sibling(train: str, split: str) -> str | None:
 
 def render(g: Guesses, data: str, config_path: str) -> str:
     metric = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}[g.task or "binary"]
-    ramp = max(10, math.ceil(max(g.train_rows, g.rows) / 1024))  # steps of one epoch at batch_size 1024
+    # steps of one epoch at batch_size 1024; no floor above that, or a small file's 2 epochs end before
+    # λ reaches its target (validate then warns about the config init just wrote)
+    ramp = max(1, math.ceil(max(g.train_rows, g.rows) / 1024))
     valid, test = _sibling(data, "valid"), _sibling(data, "test")
     used = [c for c in g.columns if c.type]
     width = max(len(_feature(c)) for c in used) + 2

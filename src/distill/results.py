@@ -313,9 +313,12 @@ def summary_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     left_out = v.get("left_out", {})
     names = [m for m in summary["student"] if m not in left_out]
     roles = [r for r in ("teacher", "baseline", "student") if r in summary]
+
+    def cell(st: dict[str, Any]) -> str:  # one seed has no spread: its value alone, not "± 0.0000"
+        return f"{st['mean']:.4f}" if summary.get("seeds") == 1 else f"{st['mean']:.4f} ± {st['std']:.4f}"
     rows = [[role if role != "teacher" or "teachers" not in summary else "ensemble"] +
-            [f"{summary[role][m]['mean']:.4f} ± {summary[role][m]['std']:.4f}" for m in names] for role in roles]
-    rows = [[name] + [f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" if m in stats else "–" for m in names]
+            [cell(summary[role][m]) for m in names] for role in roles]
+    rows = [[name] + [cell(stats[m]) if m in stats else "–" for m in names]
             for name, stats in summary.get("teachers", {}).items()] + rows  # several teachers: each one, before the ensemble
     if v.get("metrics"):
         rows.append(["**gain** (student − baseline)"] + [interval_text(v["metrics"][m]) for m in names])
@@ -332,6 +335,11 @@ def notes(v: dict[str, Any], metrics: list[str]) -> list[str]:
            f"with its 95% interval [low, high] ({v.get('method', 'no interval')}). Verdict: gain / harm when the "
            "interval excludes 0, else no gain (within noise). Gap closed = (student − baseline) / (teacher − "
            "baseline), shown only when the teacher beats the baseline beyond the noise."]
+    gains = [m for m in metrics if (v.get("metrics") or {}).get(m, {}).get("gain") is not None]
+    bare = [m for m in gains if v["metrics"][m].get("low") is None]
+    if bare and len(bare) < len(gains):  # the row bootstrap of 1-2 seeds covers some metrics only: why their verdict is "–"
+        out.append(f"No interval for {', '.join(bare)}: the {v.get('method', 'interval')} covers the others only; "
+                   f"3 or more seeds give every metric a t-interval over seeds.")
     out += [f"Left out: {m}: {why}." for m, why in v.get("left_out", {}).items()]
     return out
 
@@ -340,7 +348,8 @@ def markdown(summary: dict[str, Any], title: str) -> str:
     """compare.md (also what `distill compare` prints)."""
     header, rows = summary_rows(summary)
     v = summary.get("verdict") or {}
-    lines = [f"# {title}", "", f"Split: **{summary['split']}**, {summary['seeds']} seed(s), mean ± std.", ""]
+    spread = "one seed: its values" if summary["seeds"] == 1 else f"{summary['seeds']} seed(s), mean ± std"
+    lines = [f"# {title}", "", f"Split: **{summary['split']}**, {spread}.", ""]
     if v.get("headline"):
         lines += [f"**Verdict** — {v['headline']}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]

@@ -37,7 +37,7 @@ from torch import nn
 
 from distill import device as devices
 from distill import distributed, outputs, recipes, schema
-from distill.config import Config, config_from_dict, dump_config
+from distill.config import Config, config_from_dict, dump_config, require_config
 from distill.data.dataset import Encoders, Splits, load_splits
 from distill.data.io import read_table, resolve_files
 from distill.errors import DistillError
@@ -124,6 +124,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     >>> run = train(load_config("config.yaml"))        # doctest: +SKIP
     >>> run.metrics["student"]["test"]["auc"]
     """
+    require_config(cfg)
     recipe = recipes.recipe(cfg)
     warnings = recipes.check(cfg)
     output = Path(output or cfg.output)
@@ -505,6 +506,11 @@ class Run:
     models: dict[str, nn.Module] = field(default_factory=dict)
     features: dict[str, list[str]] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # the dataclass's own repr prints every module's layers: pages of text for `run` in a notebook
+        models = ", ".join(f"{n} {schema.section_of(self.config, n)[1].model}" for n in self.models)
+        return f"Run('{self.path}', {self.config.task.type} on '{self.config.task.label}'; {models})"
+
     @property
     def members(self) -> list[Member]:
         """Each model with its features (teacher, student, baseline: those the run holds)."""
@@ -521,6 +527,8 @@ class Run:
 
         The student reads serving features only; other columns of `data` are ignored.
         """
+        if role not in self.models:
+            raise DistillError(f"role: '{role}' is not a model of this run (it holds {', '.join(self.models)})")
         table, where = as_table(data)
         names = self.features[role]
         enc = self.encoders.encode(self.config, table, where, features=names, label=False)

@@ -90,7 +90,13 @@ def explain(errors: list[dict[str, Any]], body: Any, model: ExportedModel, accep
         return f"{where}field '{name}' is not a {what}{hint}"
     if e["type"] == "missing":
         return f"{where}missing {what.split()[0]} field '{name}'"
-    return f"{where}field '{name}' ({model.kinds.get(name, '?')}): {e['msg']}"
+    kind = model.kinds.get(name, "?")
+    if len(names) > 1 and kind in KINDS:
+        # a field that takes several shapes (a category: string or integer; a bag: a list or a string): pydantic's
+        # message is one branch's ("Input should be a valid string" for 3.5); say what the field takes instead
+        entry = next((f for f in model.manifest["serving"] if f["name"] == name), {})
+        return f"{where}field '{name}' ({kind}): expected {KINDS[kind].describe(entry)}"
+    return f"{where}field '{name}' ({kind}): {e['msg']}"
 
 
 def create_app(model: ExportedModel, max_body_bytes: int = MAX_BODY_BYTES, max_rows: int = MAX_ROWS,
