@@ -491,7 +491,7 @@ def finish(study, cfg: Config, output: Path, name: str, metric: str, seeds: int,
         say(f"best trial {best.number}: valid {metric} {best.value:.5f} (baseline {baseline:.5f}) with {_params_text(best.params)}")
     if seeds > 0:
         from distill.compare import compare
-        say(f"retraining the choice over {seeds} seeds against the baseline, reported on test")
+        say(f"retraining the choice over {seeds} seed{'s' if seeds != 1 else ''} against the baseline, reported on test")
         final = output / "final"
         comp = compare(best_cfg, seeds=seeds, output=final, overwrite=(final / "compare.json").is_file(), quiet=True)
         comp = comp | {"tune": {"trial": best.number, "params": best.params, "valid": best.value}}
