@@ -511,3 +511,26 @@ def test_benchmark_histories_hold_only_strictly_earlier_positives_and_a_leak_is_
     planted[6] = [99]  # a negative was never watched
     leaky = log.set_column(4, "hist", pa.array(planted, pa.list_(pa.int64())))
     assert history_leaks(leaky) == 3
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_sync_tune_trial_shares_the_sequence_encoder_when_asked(tmp_path, monkeypatch, share):
+    """distill tune's sync trials build their own teacher and student: with share_sequence_encoder they
+    train one encoder module, as `distill train` does; without it, two."""
+    pytest.importorskip("optuna")
+    from distill import phases
+    from distill.tune import tune
+    seen = []
+    real = phases.fit_together
+
+    def spy(teacher, student, *a, **k):
+        seen.append((teacher.module.embedding.sequences["hist"], student.module.embedding.sequences["hist"]))
+        return real(teacher, student, *a, **k)
+    monkeypatch.setattr(phases, "fit_together", spy)
+    raw = seq_config(tmp_path, student="dnn", encoder="self_attention", share_embeddings=True, share_sequence_encoder=share)
+    raw["teacher"]["model"] = "dnn"
+    raw["tune"] = {"modes": ["sync"], "temperature": None, "schedules": ["constant"], "pruning": False}
+    tune(config_from_dict(raw), trials=2, seeds=0, output=tmp_path / "tune", quiet=True)
+    assert len(seen) == 1  # trial 0 is the baseline; trial 1 a sync pair
+    t_enc, s_enc = seen[0]
+    assert (t_enc is s_enc) == share
