@@ -90,9 +90,20 @@ def train_variants(tables: dict[str, pa.Table], variants: list[str], seeds: list
                 raw = make_config(work / "data", v, epochs=epochs)
                 raw["train"]["seed"] = seed
                 r = distill.train(distill.config_from_dict(raw), output=work / f"run-{v}-{seed}", overwrite=True, quiet=True)
-                metrics[v].append(r.metrics)
+                metrics[v].append(r.metrics | {"curves": curves(r.path)})
         seconds[v] = clock.seconds
     return metrics, seconds
+
+
+def curves(run_dir: Path) -> dict[str, list[float]]:
+    """Each model's validation AUC after each epoch (evals.jsonl): did training stop on a plateau or at the cap?"""
+    import json
+    out: dict[str, list[float]] = {}
+    for line in (Path(run_dir) / "evals.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if "auc" in e:
+            out.setdefault(e["model"], []).append(float(e["auc"]))
+    return out
 
 
 def compare(metrics: dict[str, list[dict[str, Any]]], variants: list[str]) -> list[dict[str, Any]]:
