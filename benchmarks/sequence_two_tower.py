@@ -150,7 +150,7 @@ Teacher test AUC (dnn, all features): {teacher}.
 **Data**: `benchmarks.sequence_next_item`'s (train {z['train']:,}, valid {z['valid']:,}, test {z['test']:,} rows).
 **Models**: two-tower (hidden 64, towers of 32, embeddings 16), user tower {', '.join(USER)} (+ `hist`), item tower
 item_id, item_genres; teacher 64-32 dropout 0.2; λ = 0.8, Adam lr 0.01, batches of 1024, up to {EPOCHS} epochs, early
-stopping on validation AUC (patience 1). Not tuned.
+stopping on validation AUC (patience 2). Not tuned.
 
 Wall time: {s['seconds']:.0f} s ({times}); `torch.backends.cpu.get_cpu_capability()` = `{s['capability']}`.
 {common.environment_note()}
