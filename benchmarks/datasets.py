@@ -412,8 +412,8 @@ def movielens_next_item(max_rows: int | None = None, negatives: int = 1, max_len
           genres), strictly earlier seconds: a user × item cross from the history;
         - ``item_next_week``: log1p of how many *other* users rate the candidate in the 7 days after
           this time: a description of the future (the movie's coming popularity), known only in the log.
-          Not the label: the row's own rating is not counted, and a negative's movie can be rated by
-          others just the same.
+          Not the label: the user's own rating of the movie (the positive's, or a negative's later
+          one) is not counted; a negative's movie can be rated by others just the same.
     Group for GAUC: ``user_id``.
     """
     import pyarrow.compute as pc
@@ -479,11 +479,14 @@ def movielens_next_item(max_rows: int | None = None, negatives: int = 1, max_len
     times_of: dict[int, np.ndarray] = {}
     for m in np.unique(p_item):
         times_of[int(m)] = np.sort(p_ts[p_item == m])
+    own = {(int(u), int(m)): int(t) for u, m, t in zip(p_user, p_item, p_ts)}  # a user rates a movie once
     next_week = np.zeros(len(user))
     for r in range(len(user)):
         t = times_of.get(int(item[r]), np.zeros(0, np.int64))
         k = np.searchsorted(t, ts[r] + NEXT_ITEM_WEEK, side="right") - np.searchsorted(t, ts[r], side="right")
-        next_week[r] = np.log1p(k)  # strictly after t: the row's own rating (at t) is never counted
+        mine = own.get((int(user[r]), int(item[r])))  # strictly after t: the row's own rating (at t) is never counted,
+        k -= int(mine is not None and ts[r] < mine <= ts[r] + NEXT_ITEM_WEEK)  # nor this user's later one of a negative
+        next_week[r] = np.log1p(k)
 
     u_row = {int(x): k for k, x in enumerate(users["user_id"].to_numpy())}
     ui = np.array([u_row[int(x)] for x in user])
@@ -507,6 +510,15 @@ def movielens_next_item(max_rows: int | None = None, negatives: int = 1, max_len
     first_row = np.flatnonzero(label)  # the row of each positive, in order
     cuts = [int(first_row[c]) if c < n else len(user) for c in pos_cuts]
     return {"train": table.slice(0, cuts[0]), "valid": table.slice(cuts[0], cuts[1] - cuts[0]), "test": table.slice(cuts[1])}
+
+
+def negatives_rated_later(table: pa.Table) -> float:
+    """The share of negatives (label 0) whose user rates that movie later in the log: sampled
+    negatives that are in fact future positives. Give it the whole log."""
+    user, item, ts, y = (table[c].to_numpy() for c in ("user_id", "item_id", "timestamp", "click"))
+    rated = {(int(u), int(m)): int(t) for u, m, t, lab in zip(user, item, ts, y) if lab}
+    neg = np.flatnonzero(y == 0)
+    return float(np.mean([rated.get((int(user[r]), int(item[r])), -1) > ts[r] for r in neg])) if len(neg) else 0.0
 
 
 def history_leaks(table: pa.Table) -> int:

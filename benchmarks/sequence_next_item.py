@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks import common
-from benchmarks.datasets import history_leaks, movielens_next_item
+from benchmarks.datasets import history_leaks, movielens_next_item, negatives_rated_later
 from benchmarks.sequence_movielens import MAX_LEN, VARIANTS, compare, config, history_stats, tables_md, train_variants
 
 NAME = "sequence_next_item"
@@ -48,7 +48,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     variants = ["no sequence", "din"] if quick else list(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp, common.Stopwatch() as total:
         tables = movielens_next_item(8_000 if quick else RATINGS, max_len=MAX_LEN)
-        leaks = history_leaks(pa.concat_tables([tables[k] for k in ("train", "valid", "test")]))
+        log = pa.concat_tables([tables[k] for k in ("train", "valid", "test")])
+        leaks, later = history_leaks(log), negatives_rated_later(log)
         assert leaks == 0, f"{leaks} rows' histories hold a movie rated at or after the row's time"
         metrics, seconds = train_variants(tables, variants, seeds, Path(tmp), make_config=next_item_config,
                                           epochs=2 if quick else EPOCHS)
@@ -57,7 +58,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     rows = compare(metrics, variants)
     summary = {"metrics": metrics, "rows": rows, "distil_rows": distil_rows(metrics), "seconds": total.seconds, "variant_seconds": seconds,
                "capability": torch.backends.cpu.get_cpu_capability(), "sizes": {k: t.num_rows for k, t in tables.items()},
-               "test_hist": history_stats(tables["test"]), "epochs": EPOCHS}
+               "test_hist": history_stats(tables["test"]), "epochs": EPOCHS,
+               "rated_later": later}
     common.write_results(out, NAME, markdown(summary), rows + [r | {"role": "student − baseline"} for r in summary["distil_rows"]])
     return summary
 
@@ -135,11 +137,12 @@ Validation AUC after each epoch (early stopping keeps the best; a curve still ri
 {curve_table(s)}
 **Data**: `benchmarks.datasets.movielens_next_item`: the first {RATINGS:,} ratings of the log in time order, each a
 positive, each with one negative drawn by popularity (`numpy.random.default_rng(0)`) from the movies the user had not
-rated by then (train {z['train']:,}, valid {z['valid']:,}, test {z['test']:,} rows, half positive). `hist`: the user's
+rated by then ({100 * s['rated_later']:.0f} % of them the user rates later in the log: negatives that are future
+positives, a ceiling on any model; train {z['train']:,}, valid {z['valid']:,}, test {z['test']:,} rows, half positive). `hist`: the user's
 rated movies of strictly earlier seconds, most recent first, cut to {MAX_LEN} (`shares: item_id`); the run asserts that
 no history holds a movie rated at or after the row's time. Test rows: {h['mean']:.1f} items on average,
 {100 * h['empty']:.0f} % empty, {100 * h['full']:.0f} % at the cap. Privileged: `user_genre_count` (past user × genre
-count) and `item_next_week` (other users' ratings of the candidate in the next 7 days). **Models**: as
+count) and `item_next_week` (other users' ratings of the candidate in the next 7 days, not the user's own). **Models**: as
 `sequence_movielens` (teacher 64-32 dropout 0.2, students 64, embeddings 16, `din` for DIN, else `dnn`; λ = 0.8, Adam
 lr 0.01, batches of 1024), up to {EPOCHS} epochs, early stopping on validation AUC (patience 2). Not tuned.
 

@@ -511,6 +511,10 @@ def test_benchmark_histories_hold_only_strictly_earlier_positives_and_a_leak_is_
     planted[6] = [99]  # a negative was never watched
     leaky = log.set_column(4, "hist", pa.array(planted, pa.list_(pa.int64())))
     assert history_leaks(leaky) == 3
+    from benchmarks.datasets import negatives_rated_later
+    assert negatives_rated_later(log) == 0.0  # the one negative, 99, user 1 never rates
+    later = log.set_column(1, "item_id", pa.array([10, 11, 12, 99, 10, 13, 99]))  # ... and now rates at second 5
+    assert negatives_rated_later(later) == 1.0
 
 
 @pytest.mark.parametrize("share", [True, False])
