@@ -103,6 +103,11 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 gain, low, high = t_interval([a[role][where][m] - b[role][where][m] for a, b in zip(got[v], got["no sequence"])])
                 rows.append({"variant": v, "role": role, "metric": m, "gain": gain, "low": low, "high": high,
                              "verdict": verdict_word(low, high, m)})
+    for v in variants:  # within each variant: what distillation adds to the two-tower
+        for where, m in MEASURES:
+            gain, low, high = t_interval([x["student"][where][m] - x["baseline"][where][m] for x in got[v]])
+            rows.append({"variant": v, "role": "student − baseline", "metric": m, "gain": gain, "low": low, "high": high,
+                         "verdict": verdict_word(low, high, m)})
     summary = {"got": got, "rows": rows, "popular": popular, "seconds": total.seconds, "variant_seconds": seconds,
                "capability": torch.backends.cpu.get_cpu_capability(), "sizes": {k: t.num_rows for k, t in tables.items()}}
     common.write_results(out, NAME, markdown(summary), rows)
@@ -121,9 +126,12 @@ def markdown(s: dict[str, Any]) -> str:
     level = common.md_table(["variant (user tower)", "model"] + [f"{m}" for _, m in MEASURES],
                             [[v, ROLES[role]] + [f"{mean(v, role, w, m):.4f}" for w, m in MEASURES]
                              for v in got for role in ROLES])
+    cell = lambda r: f"{r['gain']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]"  # noqa: E731
     paired = common.md_table(["variant vs no sequence", "model", "metric", "gain [95% interval]", "verdict"],
-                             [[r["variant"], ROLES[r["role"]], r["metric"], f"{r['gain']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]",
-                               r["verdict"]] for r in s["rows"]])
+                             [[r["variant"], ROLES[r["role"]], r["metric"], cell(r), r["verdict"]]
+                              for r in s["rows"] if r["role"] in ROLES])
+    distil = common.md_table(["user tower", "metric", "distilled − alone [95% interval]", "verdict"],
+                             [[r["variant"], r["metric"], cell(r), r["verdict"]] for r in s["rows"] if r["role"] not in ROLES])
     teacher = ", ".join(f"{v} {np.mean([x['teacher']['test']['auc'] for x in got[v]]):.4f}" for v in got)
     first = got["no sequence"][0]
     z = s["sizes"]
@@ -145,6 +153,9 @@ Mean over the seeds (catalogue ranking; AUC on the test rows):
 Against "no sequence", the same role, paired by seed (`distill.results.t_interval` / `verdict_word`):
 
 {paired}
+Within each variant, the distilled two-tower against the two-tower alone, paired by seed:
+
+{distil}
 Teacher test AUC (dnn, all features): {teacher}.
 
 **Data**: `benchmarks.sequence_next_item`'s (train {z['train']:,}, valid {z['valid']:,}, test {z['test']:,} rows).
