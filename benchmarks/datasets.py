@@ -350,10 +350,185 @@ def movielens_ctr(max_rows: int | None = None) -> dict[str, pa.Table]:
         "timestamp": pa.array(ts, pa.int64()),
         "click": pa.array(like),
     })
-    cuts = []
-    for share in (MOVIELENS_SPLIT[0], MOVIELENS_SPLIT[0] + MOVIELENS_SPLIT[1]):
+    cuts = time_cuts(ts)  # moved to the end of a second
+    return {"train": table.slice(0, cuts[0]), "valid": table.slice(cuts[0], cuts[1] - cuts[0]), "test": table.slice(cuts[1])}
+
+
+# ----------------------------------------------------------------------------- MovieLens-100k as implicit next-item
+
+
+def past_items(user: np.ndarray, item: np.ndarray, ts: np.ndarray, max_len: int, counts: np.ndarray | None = None
+               ) -> list[list[int]]:
+    """Each row's history: its user's items of strictly earlier timestamps, most recent first, cut to
+    ``max_len``. The arrays are in time order; rows of one second do not see each other. Only rows with
+    ``counts`` true (default: all) enter a history (a sampled negative was never watched)."""
+    past: dict[int, list[int]] = {}  # user -> items, oldest first
+    hist: list[list[int]] = [[] for _ in range(len(user))]
+    start = 0
+    while start < len(user):
+        stop = start
+        while stop < len(user) and ts[stop] == ts[start]:
+            stop += 1
+        for r in range(start, stop):  # read the past of every row of this second before adding any of them
+            hist[r] = past.get(int(user[r]), [])[::-1][:max_len]
+        for r in range(start, stop):
+            if counts is None or counts[r]:
+                past.setdefault(int(user[r]), []).append(int(item[r]))
+        start = stop
+    return hist
+
+
+def time_cuts(ts: np.ndarray, shares: tuple[float, float] = MOVIELENS_SPLIT) -> list[int]:
+    """The train/valid and valid/test cut positions of a time-ordered log, moved to the end of a second."""
+    n, cuts = len(ts), []
+    for share in (shares[0], shares[0] + shares[1]):
         c = int(share * n)
-        while 0 < c < n and ts[c] == ts[c - 1]:  # move to the end of the second
+        while 0 < c < n and ts[c] == ts[c - 1]:
             c += 1
         cuts.append(c)
+    return cuts
+
+
+NEXT_ITEM_WEEK = 7 * 86_400  # the window of the future-describing privileged feature
+
+
+def movielens_next_item(max_rows: int | None = None, negatives: int = 1, max_len: int = 20, seed: int = 0
+                        ) -> dict[str, pa.Table]:
+    """MovieLens-100k as implicit next-item prediction, the way DIN/BST-style papers use it.
+
+    Every rating is a positive (``click`` = 1) for (user, movie, timestamp), whatever the rating. For
+    each positive, ``negatives`` movies the user had not rated by then (at or before that second) are
+    drawn from the catalogue **by popularity** (each movie's share of all ratings in the log kept;
+    ``numpy.random.default_rng(seed)``), label 0, same user and time. Sampling by popularity takes away
+    the shortcut "popular movies are positives", so the model must tell *which* movie this user watches.
+    ``hist``: the user's previously rated movies (positives only) of strictly earlier timestamps, most
+    recent first, cut to ``max_len``; a negative has the history of its positive. The positives are
+    split by time as :func:`movielens_ctr` (70/10/20, cuts at the end of a second); negatives follow
+    their positive. ``max_rows`` keeps the first ``max_rows`` ratings.
+
+    Serving features: as :func:`movielens_ctr` (user_id, user_age, user_gender, user_occupation, hour,
+    weekday, item_id, item_genres) plus ``hist``. Privileged (in the log, not at serving):
+        - ``user_genre_count``: log1p of the user's past ratings in the candidate's genres (mean over
+          genres), strictly earlier seconds: a user × item cross from the history;
+        - ``item_next_week``: log1p of how many *other* users rate the candidate in the 7 days after
+          this time: a description of the future (the movie's coming popularity), known only in the log.
+          Not the label: the user's own rating of the movie (the positive's, or a negative's later
+          one) is not counted; a negative's movie can be rated by others just the same.
+    Group for GAUC: ``user_id``.
+    """
+    import pyarrow.compute as pc
+    raw = load_movielens_100k()
+    d = raw["data"]
+    order = np.lexsort((d["movie_id"].to_numpy(), d["user_id"].to_numpy(), d["timestamp"].to_numpy()))
+    d = d.take(pa.array(order))
+    if max_rows:
+        d = d.slice(0, max_rows)
+    p_user, p_item, p_ts = (d[c].to_numpy().astype(np.int64) for c in ("user_id", "movie_id", "timestamp"))
+    n = len(p_user)
+
+    # negatives: by popularity, rejecting what the user rated at or before this second
+    catalogue, pop = np.unique(p_item, return_counts=True)
+    cum = np.cumsum(pop / pop.sum())
+    rng = np.random.default_rng(seed)
+    rated: dict[int, set[int]] = {}
+    user, item, ts, pos_of = [], [], [], []
+    start = 0
+    while start < n:
+        stop = start
+        while stop < n and p_ts[stop] == p_ts[start]:
+            stop += 1
+        for r in range(start, stop):
+            rated.setdefault(int(p_user[r]), set()).add(int(p_item[r]))
+        for r in range(start, stop):
+            seen = rated[int(p_user[r])]
+            user.append(p_user[r]); item.append(p_item[r]); ts.append(p_ts[r]); pos_of.append(-1)
+            for _ in range(negatives):
+                while True:
+                    m = int(catalogue[min(np.searchsorted(cum, rng.random(), side="right"), len(catalogue) - 1)])
+                    if m not in seen:
+                        break
+                user.append(p_user[r]); item.append(m); ts.append(p_ts[r]); pos_of.append(r)
+        start = stop
+    user, item, ts = np.array(user), np.array(item), np.array(ts)
+    label = (np.array(pos_of) < 0).astype(np.int8)
+    hist = past_items(user, item, ts, max_len, counts=label.astype(bool))
+
+    items, users = raw["items"], raw["users"]
+    genre_matrix = np.stack([items[g].to_numpy() for g in MOVIELENS_GENRES], 1).astype(bool)
+    item_row = {int(m): k for k, m in enumerate(items["movie_id"].to_numpy())}
+    row_genres = [np.flatnonzero(genre_matrix[item_row[int(m)]]) for m in item]
+
+    # user × genre past counts (positives of strictly earlier seconds)
+    g_n: dict[tuple[int, int], int] = {}
+    count = np.zeros(len(user))
+    start = 0
+    while start < len(user):
+        stop = start
+        while stop < len(user) and ts[stop] == ts[start]:
+            stop += 1
+        for r in range(start, stop):
+            count[r] = np.mean([np.log1p(g_n.get((int(user[r]), int(g)), 0)) for g in row_genres[r]])
+        for r in range(start, stop):
+            if label[r]:
+                for g in row_genres[r]:
+                    k = (int(user[r]), int(g))
+                    g_n[k] = g_n.get(k, 0) + 1
+        start = stop
+
+    # the future: other users' ratings of the candidate in (t, t + 7 days]
+    times_of: dict[int, np.ndarray] = {}
+    for m in np.unique(p_item):
+        times_of[int(m)] = np.sort(p_ts[p_item == m])
+    own = {(int(u), int(m)): int(t) for u, m, t in zip(p_user, p_item, p_ts)}  # a user rates a movie once
+    next_week = np.zeros(len(user))
+    for r in range(len(user)):
+        t = times_of.get(int(item[r]), np.zeros(0, np.int64))
+        k = np.searchsorted(t, ts[r] + NEXT_ITEM_WEEK, side="right") - np.searchsorted(t, ts[r], side="right")
+        mine = own.get((int(user[r]), int(item[r])))  # strictly after t: the row's own rating (at t) is never counted,
+        k -= int(mine is not None and ts[r] < mine <= ts[r] + NEXT_ITEM_WEEK)  # nor this user's later one of a negative
+        next_week[r] = np.log1p(k)
+
+    u_row = {int(x): k for k, x in enumerate(users["user_id"].to_numpy())}
+    ui = np.array([u_row[int(x)] for x in user])
+    when = ts.astype("datetime64[s]")
+    table = pa.table({
+        "user_id": pa.array(user, pa.int64()),
+        "user_age": pa.array((users["age"].to_numpy()[ui] // 10) * 10, pa.int64()),
+        "user_gender": pc.take(users["gender"], pa.array(ui)),
+        "user_occupation": pc.take(users["occupation"], pa.array(ui)),
+        "hour": pa.array((when.astype("datetime64[h]").astype(np.int64) % 24).astype(np.int64)),
+        "weekday": pa.array(((when.astype("datetime64[D]").astype(np.int64) + 3) % 7).astype(np.int64)),
+        "item_id": pa.array(item, pa.int64()),
+        "item_genres": pa.array(["|".join(MOVIELENS_GENRES[g] for g in gs) for gs in row_genres], pa.string()),
+        "hist": pa.array(hist, pa.list_(pa.int64())),
+        "user_genre_count": pa.array(np.round(count, 6)),
+        "item_next_week": pa.array(np.round(next_week, 6)),
+        "timestamp": pa.array(ts, pa.int64()),
+        "click": pa.array(label),
+    })
+    pos_cuts = time_cuts(p_ts)
+    first_row = np.flatnonzero(label)  # the row of each positive, in order
+    cuts = [int(first_row[c]) if c < n else len(user) for c in pos_cuts]
     return {"train": table.slice(0, cuts[0]), "valid": table.slice(cuts[0], cuts[1] - cuts[0]), "test": table.slice(cuts[1])}
+
+
+def negatives_rated_later(table: pa.Table) -> float:
+    """The share of negatives (label 0) whose user rates that movie later in the log: sampled
+    negatives that are in fact future positives. Give it the whole log."""
+    user, item, ts, y = (table[c].to_numpy() for c in ("user_id", "item_id", "timestamp", "click"))
+    rated = {(int(u), int(m)): int(t) for u, m, t, lab in zip(user, item, ts, y) if lab}
+    neg = np.flatnonzero(y == 0)
+    return float(np.mean([rated.get((int(user[r]), int(item[r])), -1) > ts[r] for r in neg])) if len(neg) else 0.0
+
+
+def history_leaks(table: pa.Table) -> int:
+    """How many rows' ``hist`` holds an item that the user did not rate (as a positive) strictly before
+    the row's time: 0 for no leak. Give it the whole log (all splits): a history reaches back across them."""
+    user, item, ts, y = (table[c].to_numpy() for c in ("user_id", "item_id", "timestamp", "click"))
+    first: dict[tuple[int, int], int] = {}  # (user, item) -> the earliest time the user rated it
+    for u, m, t, lab in zip(user, item, ts, y):
+        k = (int(u), int(m))
+        if lab and (k not in first or first[k] > t):
+            first[k] = int(t)
+    return sum(any(first.get((int(u), int(h)), int(t)) >= t for h in hs)
+               for u, t, hs in zip(user, ts, table["hist"].to_pylist()))

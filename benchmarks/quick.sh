@@ -9,7 +9,7 @@ export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
 names=(generalized_synthetic demo_ablation tune_demo)
 if [ "${1:-}" != "--no-download" ]; then
-  names+=(generalized_mnist model_distillation_mnist pfd_adult movielens_ctr tune_movielens tune_adult tune_mnist sequence_movielens)
+  names+=(generalized_mnist model_distillation_mnist pfd_adult movielens_ctr tune_movielens tune_adult tune_mnist sequence_movielens sequence_next_item)
 fi
 failed=()
 for name in "${names[@]}"; do

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks import common
-from benchmarks.datasets import movielens_ctr
+from benchmarks.datasets import movielens_ctr, past_items
 
 NAME = "sequence_movielens"
 MAX_LEN = 20
@@ -48,20 +48,7 @@ def with_history(tables: dict[str, pa.Table], max_len: int = MAX_LEN) -> dict[st
     names = ("train", "valid", "test")
     log = pa.concat_tables([tables[k] for k in names])  # movielens_ctr's splits are consecutive slices in time
     user, item, ts = (log[c].to_numpy() for c in ("user_id", "item_id", "timestamp"))
-    past: dict[int, list[int]] = {}  # user -> items, oldest first
-    hist: list[list[int]] = [[] for _ in range(len(user))]
-    start = 0
-    while start < len(user):
-        stop = start
-        while stop < len(user) and ts[stop] == ts[start]:
-            stop += 1
-        for r in range(start, stop):  # read the past of every row of this second before adding any of them
-            seen = past.get(int(user[r]), [])
-            hist[r] = seen[::-1][:max_len]
-        for r in range(start, stop):
-            past.setdefault(int(user[r]), []).append(int(item[r]))
-        start = stop
-    log = log.append_column("hist", pa.array(hist, pa.list_(pa.int64())))
+    log = log.append_column("hist", pa.array(past_items(user, item, ts, max_len), pa.list_(pa.int64())))
     out, at = {}, 0
     for k in names:
         out[k] = log.slice(at, tables[k].num_rows)
@@ -69,14 +56,14 @@ def with_history(tables: dict[str, pa.Table], max_len: int = MAX_LEN) -> dict[st
     return out
 
 
-def config(directory: Path, variant: str, epochs: int = 4) -> dict[str, Any]:
+def config(directory: Path, variant: str, epochs: int = 4, privileged: list[str] = PRIVILEGED) -> dict[str, Any]:
     model, encoder = VARIANTS[variant]
     d = directory.resolve()
     feats = [{"name": n, "type": "categorical"} for n in SERVING]
     feats.append({"name": "item_genres", "type": "multi_categorical", "separator": "|"})
     if encoder:
         feats.append({"name": "hist", "type": "sequence", "shares": "item_id", "max_len": MAX_LEN, "encoder": encoder})
-    feats += [{"name": n, "type": "numeric", "privileged": True} for n in PRIVILEGED]
+    feats += [{"name": n, "type": "numeric", "privileged": True} for n in privileged]
     return {
         "data": {"train": str(d / "train.parquet"), "valid": str(d / "valid.parquet"), "test": str(d / "test.parquet")},
         "task": {"type": "binary", "label": "click", "group": "user_id"},
@@ -90,45 +77,69 @@ def config(directory: Path, variant: str, epochs: int = 4) -> dict[str, Any]:
     }
 
 
-def run(quick: bool, out: Path) -> dict[str, Any]:
-    import torch
-
+def train_variants(tables: dict[str, pa.Table], variants: list[str], seeds: list[int], work: Path,
+                   make_config=config, epochs: int = 4) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Each variant trained as sync PFD once per seed: its run metrics per seed, and its wall time."""
     import distill
-    from distill.results import verdicts
-    seeds = [0] if quick else [0, 1, 2]
-    variants = ["no sequence", "din"] if quick else list(VARIANTS)
     metrics: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     seconds: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, common.Stopwatch() as total:
-        tables = with_history(movielens_ctr(20_000 if quick else None))
-        common.write_parquet_splits(Path(tmp) / "data", tables)
-        lengths = np.array([len(h) for h in tables["test"]["hist"].to_pylist()])
-        for v in variants:
-            with common.Stopwatch() as clock:
-                for seed in seeds:
-                    raw = config(Path(tmp) / "data", v, epochs=2 if quick else 4)
-                    raw["train"]["seed"] = seed
-                    r = distill.train(distill.config_from_dict(raw), output=Path(tmp) / f"run-{v}-{seed}", overwrite=True, quiet=True)
-                    metrics[v].append(r.metrics)
-            seconds[v] = clock.seconds
-    if quick:
-        return {"quick": True, "metrics": metrics}
-    # each variant against "no sequence", role by role, paired by seed: results.verdicts reads
-    # {"student": variant, "baseline": no sequence} per seed
-    rows, compared = [], {}
+    common.write_parquet_splits(work / "data", tables)
+    for v in variants:
+        with common.Stopwatch() as clock:
+            for seed in seeds:
+                raw = make_config(work / "data", v, epochs=epochs)
+                raw["train"]["seed"] = seed
+                r = distill.train(distill.config_from_dict(raw), output=work / f"run-{v}-{seed}", overwrite=True, quiet=True)
+                metrics[v].append(r.metrics | {"curves": curves(r.path)})
+        seconds[v] = clock.seconds
+    return metrics, seconds
+
+
+def curves(run_dir: Path) -> dict[str, list[float]]:
+    """Each model's validation AUC after each epoch (evals.jsonl): did training stop on a plateau or at the cap?"""
+    import json
+    out: dict[str, list[float]] = {}
+    for line in (Path(run_dir) / "evals.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        if "auc" in e:
+            out.setdefault(e["model"], []).append(float(e["auc"]))
+    return out
+
+
+def compare(metrics: dict[str, list[dict[str, Any]]], variants: list[str]) -> list[dict[str, Any]]:
+    """Each variant against "no sequence", role by role, paired by seed: results.verdicts reads
+    {"student": variant, "baseline": no sequence} per seed."""
+    from distill.results import verdicts
+    rows = []
     for v in variants[1:]:
         for role in ("teacher", "baseline", "student"):
             per_seed = [{"student": m[role], "baseline": n[role]} for m, n in zip(metrics[v], metrics["no sequence"])]
             ver = verdicts([{k: {"test": x["test"]} for k, x in p.items()} for p in per_seed], "test", "auc")
-            compared[(v, role)] = ver
             for metric in ("auc", "gauc", "logloss"):
                 e = ver["metrics"][metric] if "metrics" in ver else ver[metric]
                 rows.append({"variant": v, "role": role, "metric": metric, "gain": e["gain"], "low": e["low"],
                              "high": e["high"], "verdict": e["verdict"]})
+    return rows
+
+
+def history_stats(table: pa.Table) -> dict[str, float]:
+    lengths = np.array([len(h) for h in table["hist"].to_pylist()])
+    return {"mean": float(lengths.mean()), "empty": float((lengths == 0).mean()), "full": float((lengths == MAX_LEN).mean())}
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    import torch
+    seeds = [0] if quick else [0, 1, 2]
+    variants = ["no sequence", "din"] if quick else list(VARIANTS)
+    with tempfile.TemporaryDirectory() as tmp, common.Stopwatch() as total:
+        tables = with_history(movielens_ctr(20_000 if quick else None))
+        metrics, seconds = train_variants(tables, variants, seeds, Path(tmp), epochs=2 if quick else 4)
+    if quick:
+        return {"quick": True, "metrics": metrics}
+    rows = compare(metrics, variants)
     summary = {"metrics": metrics, "rows": rows, "seconds": total.seconds, "variant_seconds": seconds,
                "capability": torch.backends.cpu.get_cpu_capability(), "sizes": {k: t.num_rows for k, t in tables.items()},
-               "test_hist": {"mean": float(lengths.mean()), "empty": float((lengths == 0).mean()),
-                             "full": float((lengths == MAX_LEN).mean())}}
+               "test_hist": history_stats(tables["test"])}
     common.write_results(out, NAME, markdown(summary), rows)
     return summary
 
@@ -152,7 +163,8 @@ def reading(s: dict[str, Any]) -> str:
     return "gain or harm beyond the noise: " + "; ".join(said) + "."
 
 
-def markdown(s: dict[str, Any]) -> str:
+def tables_md(s: dict[str, Any]) -> tuple[str, str, str]:
+    """The three tables: level per variant and role, paired verdicts against no sequence, distilled − alone."""
     roles = {"teacher": "teacher (all features)", "baseline": "student alone (serving features)",
              "student": "distilled student (sync PFD)"}
     mean = lambda v, role, m: np.mean([x[role]["test"][m] for x in s["metrics"][v]])  # noqa: E731
@@ -167,6 +179,11 @@ def markdown(s: dict[str, Any]) -> str:
                                                     [r for r in s["rows"] if r["metric"] == "gauc"])])
     distil = common.md_table(["variant", "distilled − alone, AUC"],
                              [[v, f"{mean(v, 'student', 'auc') - mean(v, 'baseline', 'auc'):+.4f}"] for v in VARIANTS])
+    return level, paired, distil
+
+
+def markdown(s: dict[str, Any]) -> str:
+    level, paired, distil = tables_md(s)
     z, h = s["sizes"], s["test_hist"]
     times = ", ".join(f"{v} {t:.0f} s" for v, t in s["variant_seconds"].items())
     return f"""# Behaviour sequences on MovieLens-100k: no sequence vs mean vs DIN vs self-attention

@@ -491,3 +491,50 @@ def test_torchscript_export_of_din_matches_the_run(din_run, tmp_path):
     test = pq.read_table(tmp / "test.parquet")
     assert model.manifest["leak_check"]["passed"]
     np.testing.assert_allclose(model.predict(test), run.predict(test), atol=1e-5, rtol=0)
+
+
+def test_benchmark_histories_hold_only_strictly_earlier_positives_and_a_leak_is_counted():
+    """benchmarks.datasets.past_items (the MovieLens histories): most recent first, cut to max_len, rows of
+    one second do not see each other, sampled negatives never enter; history_leaks finds a planted leak."""
+    from benchmarks.datasets import history_leaks, past_items
+    user = np.array([1, 1, 1, 1, 2, 1, 1])
+    item = np.array([10, 11, 12, 99, 10, 13, 14])
+    ts = np.array([1, 2, 3, 3, 3, 4, 5])
+    click = np.array([1, 1, 1, 0, 1, 1, 1])  # item 99 is a sampled negative of user 1 at second 3
+    hist = past_items(user, item, ts, max_len=2, counts=click.astype(bool))
+    assert hist == [[], [10], [11, 10], [11, 10], [], [12, 11], [13, 12]]
+    log = pa.table({"user_id": user, "item_id": item, "timestamp": ts, "click": click, "hist": pa.array(hist, pa.list_(pa.int64()))})
+    assert history_leaks(log) == 0
+    planted = [list(h) for h in hist]
+    planted[1] = [12]  # row at second 2 "remembers" the movie rated at second 3
+    planted[2] = [12, 11]  # a row seeing its own movie: rated at, not before, its time
+    planted[6] = [99]  # a negative was never watched
+    leaky = log.set_column(4, "hist", pa.array(planted, pa.list_(pa.int64())))
+    assert history_leaks(leaky) == 3
+    from benchmarks.datasets import negatives_rated_later
+    assert negatives_rated_later(log) == 0.0  # the one negative, 99, user 1 never rates
+    later = log.set_column(1, "item_id", pa.array([10, 11, 12, 99, 10, 13, 99]))  # ... and now rates at second 5
+    assert negatives_rated_later(later) == 1.0
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_sync_tune_trial_shares_the_sequence_encoder_when_asked(tmp_path, monkeypatch, share):
+    """distill tune's sync trials build their own teacher and student: with share_sequence_encoder they
+    train one encoder module, as `distill train` does; without it, two."""
+    pytest.importorskip("optuna")
+    from distill import phases
+    from distill.tune import tune
+    seen = []
+    real = phases.fit_together
+
+    def spy(teacher, student, *a, **k):
+        seen.append((teacher.module.embedding.sequences["hist"], student.module.embedding.sequences["hist"]))
+        return real(teacher, student, *a, **k)
+    monkeypatch.setattr(phases, "fit_together", spy)
+    raw = seq_config(tmp_path, student="dnn", encoder="self_attention", share_embeddings=True, share_sequence_encoder=share)
+    raw["teacher"]["model"] = "dnn"
+    raw["tune"] = {"modes": ["sync"], "temperature": None, "schedules": ["constant"], "pruning": False}
+    tune(config_from_dict(raw), trials=2, seeds=0, output=tmp_path / "tune", quiet=True)
+    assert len(seen) == 1  # trial 0 is the baseline; trial 1 a sync pair
+    t_enc, s_enc = seen[0]
+    assert (t_enc is s_enc) == share
