@@ -249,3 +249,26 @@ def test_each_kind_says_what_is_wrong_with_a_stored_encoder():
         assert KINDS[kind].check({"hash_buckets": 0}) == "'hash_buckets' must be a positive integer"
         assert KINDS[kind].check({"vocab": None}) == "needs a 'vocab' list or 'hash_buckets'"
         assert KINDS[kind].check({"vocab": ["a"]}) is None and KINDS[kind].check({"hash_buckets": 8}) is None
+
+
+def test_every_config_field_has_a_row_in_the_readmes_config_reference():
+    """A field a user can set is documented where users look it up (the README's Config reference
+    table); sections' own fields as `section.field`, features' as `features[].field`, models' as `.field`."""
+    import typing
+    from pydantic import BaseModel
+    from distill.config import Config
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("## Config reference")
+    table = readme[start:readme.index("### Models", start)]
+    missing = []
+    for name, field in Config.model_fields.items():
+        models = [a for a in (typing.get_args(field.annotation) or (field.annotation,))
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models or name in ("teachers", "tune"):  # a value, or a section documented as one row
+            missing += [] if f"`{name}" in table else [name]
+            continue
+        for sub in models[0].model_fields:
+            key = {"features": f"features[].{sub}", "teacher": f".{sub}", "student": f".{sub}"}.get(name, f"{name}.{sub}")
+            if key not in table and not (name == "features" and f"/ `.{sub}`" in table):
+                missing.append(key)
+    assert not missing, f"config fields without a row in README's Config reference: {missing}"
