@@ -78,3 +78,58 @@ def config_file(tmp_path, raw_config):
 
 def cfg_of(raw: dict):
     return config_from_dict(raw)
+
+
+class HostReads:
+    """Counts the host's reads of tensor values inside `with HostReads() as reads:` (reads.count):
+    .item() / int() / float() / bool() reach the dispatcher as aten._local_scalar_dense, .tolist()
+    does not, so it is patched while the block runs. On a GPU each such read waits for the device."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __enter__(self) -> "HostReads":
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        counter, tolist = self, torch.Tensor.tolist
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func is torch.ops.aten._local_scalar_dense.default:
+                    counter.count += 1
+                return func(*args, **(kwargs or {}))
+
+        def counted_tolist(t):
+            counter.count += 1
+            return tolist(t)
+
+        self._restore = lambda: setattr(torch.Tensor, "tolist", tolist)
+        torch.Tensor.tolist = counted_tolist
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._restore()
+
+
+def train_interrupted(raw: dict, out: Path, steps: int, phase: str | None = None) -> None:
+    """Train `raw` into `out` and interrupt it, as Ctrl-C would, once `steps` steps (of `phase`, if
+    given) are logged; the interruption is asserted, and RunLog.step is itself again afterwards."""
+    from distill.run import train
+    from distill.training import common
+    original = common.RunLog.step
+
+    def stop(self, record):
+        original(self, record)
+        if (phase is None or record["phase"] == phase) and record["step"] + 1 >= steps:
+            common.RunLog.step = original
+            raise KeyboardInterrupt
+
+    common.RunLog.step = stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg_of(raw), output=out, quiet=True)
+    finally:
+        common.RunLog.step = original

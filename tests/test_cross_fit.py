@@ -8,14 +8,13 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import base_config, cfg_of
+from conftest import base_config, cfg_of, train_interrupted
 from distill import phases
 from distill.cli import app
 from distill.data.dataset import load_splits
 from distill.data.loader import InMemoryLoader
 from distill.member import Member
 from distill.run import build_member, train
-from distill.training import common
 from distill.training.loop import Plan
 
 runner = CliRunner()
@@ -97,29 +96,12 @@ def test_cross_fit_off_is_the_run_of_before_and_on_changes_only_the_student(tmp_
     assert not (tmp_path / "cf" / "checkpoints").exists()
 
 
-def _interrupt_in(raw, out, phase, at_step):
-    original = common.RunLog.step
-
-    def step(self, record):
-        original(self, record)
-        if record["phase"] == phase and record["step"] >= at_step:
-            common.RunLog.step = original
-            raise KeyboardInterrupt
-
-    common.RunLog.step = step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg_of(raw), output=out, quiet=True)
-    finally:
-        common.RunLog.step = original
-
-
 @pytest.mark.parametrize("phase", ["cross_fit_2", "student"])
 def test_a_run_interrupted_in_or_after_the_cross_fit_resumes_to_the_same_result(tmp_path, phase):
     raw = async_config(tmp_path, cross_fit=3)
     raw["train"]["checkpoint_every"] = 4
     reference = train(cfg_of(raw), output=tmp_path / "ref", quiet=True)
-    _interrupt_in(raw, tmp_path / "run", phase, at_step=6)
+    train_interrupted(raw, tmp_path / "run", steps=7, phase=phase)
     if phase == "student":  # the cross-fit finished: its logits wait beside the checkpoints
         assert (tmp_path / "run.partial" / "checkpoints" / "cross_fit_logits.pt").is_file()
     run = train(cfg_of(raw), output=tmp_path / "run", quiet=True, resume=True)

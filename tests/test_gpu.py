@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch.utils._python_dispatch import TorchDispatchMode
 from typer.testing import CliRunner
 
-from conftest import base_config, cfg_of
+from conftest import HostReads, base_config, cfg_of, train_interrupted
 from distill import device
 from distill.cli import app
 from distill.errors import DistillError
@@ -116,20 +115,6 @@ def test_run_json_records_the_device_and_the_cpu_capability(tmp_path):
     assert info["cpu_capability"].startswith(torch.backends.cpu.get_cpu_capability())
 
 
-class _HostReads(TorchDispatchMode):
-    """Counts the reads of a tensor's value by the host: .item() / float() / bool() reach the
-    dispatcher as aten._local_scalar_dense; .tolist() does not, so it is counted by a patch."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("mode", ["sync", "none"])
 def test_the_step_loop_reads_the_device_once_per_logging_interval(tmp_path, monkeypatch, mode):
     from distill import phases
@@ -144,18 +129,14 @@ def test_the_step_loop_reads_the_device_once_per_logging_interval(tmp_path, monk
     loader = InMemoryLoader(splits.train, 32, 0)  # 20 steps per epoch
     plan = Plan(epochs=1, metric="auc", log_every=5)
     members = [build_member(cfg, splits.encoders, n) for n in (("teacher", "student") if mode == "sync" else ("baseline",))]
-    reads = _HostReads()
-    tolist = torch.Tensor.tolist
-    lists = []
-    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: lists.append(1) or tolist(self))
-    with reads:
+    with HostReads() as reads:
         if mode == "sync":
             summary = phases.fit_together(*members, loader, None, splits.encoders.label, plan, lam=0.5)
         else:
             summary = phases.fit_baseline(members[0], loader, None, splits.encoders.label, plan)
     assert summary["steps"] == 20
     # steps 0, 5, 10, 15 are logged (one read each), then the phase's end reads 16..19: 5 reads, not 20 x 4
-    assert reads.count + len(lists) <= math.ceil(20 / 5) + 1, (reads.count, len(lists))
+    assert reads.count <= math.ceil(20 / 5) + 1, reads.count
 
 
 def test_a_divergence_between_reads_still_names_its_step_and_term():
@@ -174,7 +155,7 @@ FAKE_CUDA = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, sys.argv[2])
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from conftest import base_config, cfg_of
+    from conftest import HostReads, base_config, cfg_of, train_interrupted
     from distill.data.dataset import load_splits
     from distill.inference import predict_logits
     from distill.run import build_member
@@ -307,18 +288,7 @@ def test_cuda_resume_is_bit_identical_in_deterministic_mode(tmp_path, monkeypatc
     raw = base_config(tmp_path)
     raw["train"].update(device="cuda", deterministic=True, checkpoint_every=3)
     whole = run_train(cfg_of(raw), output=tmp_path / "whole", quiet=True)
-    from distill.training import common
-    original, seen = common.RunLog.step, []
-
-    def step(self, record):
-        seen.append(1)
-        if len(seen) == 8:
-            raise KeyboardInterrupt
-        original(self, record)
-    monkeypatch.setattr(common.RunLog, "step", step)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(cfg_of(raw), output=tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(common.RunLog, "step", original)
+    train_interrupted(raw, tmp_path / "cut", steps=8)
     resumed = run_train(cfg_of(raw), output=tmp_path / "cut", quiet=True, resume=True)
     assert resumed.metrics == whole.metrics
     assert os.path.isdir(tmp_path / "cut")

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import cfg_of
+from conftest import cfg_of, train_interrupted
 from distill.config import load_config
 from distill.demo import DEMO_CONFIG, make_log
 from distill.run import train
@@ -54,25 +54,6 @@ def test_several_teachers_and_their_gate_train_under_torchrun_like_one_process(d
         assert close(two / f"{name}.safetensors", single.path / f"{name}.safetensors"), name
 
 
-def _interrupted(raw, out, phase: str, step: int) -> None:
-    """Train, interrupting (as Ctrl-C would) at `step` of `phase`."""
-    from distill.training import common
-    original = common.RunLog.step
-
-    def stop(self, record):
-        original(self, record)
-        if record["phase"] == phase and record["step"] + 1 >= step:
-            common.RunLog.step = original
-            raise KeyboardInterrupt
-
-    common.RunLog.step = stop
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg_of(raw), output=out, quiet=True)
-    finally:
-        common.RunLog.step = original
-
-
 @pytest.mark.parametrize("mode, phase", [("sync", "sync"), ("async", "student")])
 def test_several_teachers_resume_bit_identically(demo, tmp_path, mode, phase):
     """Interrupted mid-phase (async: in the student's phase, after the teachers and the gate), resumed:
@@ -82,7 +63,7 @@ def test_several_teachers_resume_bit_identically(demo, tmp_path, mode, phase):
     raw["distillation"]["mode"] = mode
     raw["train"].update(checkpoint_every=3, epochs=2)
     reference = train(cfg_of(raw), output=tmp_path / "ref", quiet=True)
-    _interrupted(raw, tmp_path / "run", phase, 10)
+    train_interrupted(raw, tmp_path / "run", steps=10, phase=phase)
     resumed = train(cfg_of(raw), output=tmp_path / "run", quiet=True, resume=True)
     assert resumed.metrics == reference.metrics and {"teacher:pfd", "teacher:md", "ensemble"} <= set(resumed.metrics)
     assert load_file(resumed.path / "gate.safetensors") .keys() == load_file(reference.path / "gate.safetensors").keys()
