@@ -127,6 +127,9 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     require_config(cfg)
     recipe = recipes.recipe(cfg)
     warnings = recipes.check(cfg)
+    if splits is None:  # the separator check of `distill validate`: a wrong one trains each whole string as one unseen id
+        from distill.validate import separator_warnings
+        warnings += separator_warnings(cfg)
     output = Path(output or cfg.output)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
