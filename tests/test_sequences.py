@@ -538,3 +538,31 @@ def test_a_sync_tune_trial_shares_the_sequence_encoder_when_asked(tmp_path, monk
     assert len(seen) == 1  # trial 0 is the baseline; trial 1 a sync pair
     t_enc, s_enc = seen[0]
     assert (t_enc is s_enc) == share
+
+
+def test_init_guesses_a_sequence_from_a_delimited_string_column(tmp_path):
+    """A history written as one string ("12 7 33", "12|7|33") whose tokens are the values of item_id is
+    guessed a sequence sharing item_id, with the separator found; a string bag whose tokens match no
+    column stays a bag."""
+    import pyarrow.compute as pc
+    t = seq_table(300, 1)
+    hist = t.column("hist").to_pylist()
+    r = np.random.default_rng(0)
+    t = (t.drop_columns(["hist", "hist_cat"])
+         .append_column("hist_space", pa.array([" ".join(map(str, h)) for h in hist]))
+         .append_column("hist_pipe", pa.array(["|".join(map(str, h)) for h in hist]))
+         .append_column("tags", pa.array([" ".join(r.choice(["red", "blue", "big", "new"], 2)) for _ in hist])))
+    assert pc.count(pc.match_substring(t.column("hist_pipe"), "|")).as_py() > 200  # mostly lists of several ids
+    pq.write_table(t, tmp_path / "train.parquet")
+    out = tmp_path / "config.yaml"
+    r = runner.invoke(app, ["init", str(tmp_path / "train.parquet"), "-o", str(out), "--label", "click"])
+    assert r.exit_code == 0, r.output
+    feats = {f["name"]: f for f in yaml.safe_load(out.read_text())["features"]}
+    assert feats["hist_space"]["type"] == "sequence" and feats["hist_space"]["shares"] == "item_id"
+    assert feats["hist_space"].get("separator", " ") == " "
+    assert feats["hist_pipe"]["type"] == "sequence" and feats["hist_pipe"]["shares"] == "item_id"
+    assert feats["hist_pipe"]["separator"] == "|"
+    assert feats["tags"]["type"] == "multi_categorical" and "shares" not in feats["tags"]
+    r = runner.invoke(app, ["validate", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("ids of item_id") == 2 and "separator" not in r.output, r.output
