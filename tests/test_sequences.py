@@ -566,3 +566,17 @@ def test_init_guesses_a_sequence_from_a_delimited_string_column(tmp_path):
     r = runner.invoke(app, ["validate", str(out)])
     assert r.exit_code == 0, r.output
     assert r.output.count("ids of item_id") == 2 and "separator" not in r.output, r.output
+
+
+def test_an_empty_separator_is_one_line_not_a_traceback(tmp_path):
+    """YAML reads a bare `separator: |` as an empty string, which pyarrow cannot split on (a traceback
+    from validate and train before): the config says so, naming the feature and how to quote it."""
+    raw = seq_config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("name: hist\n", "name: hist\n  separator: |\n"))
+    assert next(f for f in yaml.safe_load(path.read_text())["features"] if f["name"] == "hist")["separator"] == ""
+    for cmd in ("validate", "train"):
+        r = runner.invoke(app, [cmd, str(path)])
+        assert r.exit_code == 2, r.output
+        assert "features[" in r.output and "('hist').separator: is empty; quote the character in YAML" in r.output, r.output
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
