@@ -293,3 +293,14 @@ def test_gap_closed_makes_no_claim_for_a_metric_without_a_teacher_interval():
     assert "teacher no better" not in line and line.startswith("ndcg@10: no verdict")
     beaten = {**no_interval, "low": 0.01, "high": 0.1, "teacher_low": -0.01, "teacher_high": 0.2}
     assert gap_text(beaten) == "teacher no better"  # an interval that holds 0 still says so
+
+
+def test_a_misspelt_format_or_role_gets_a_suggestion(tmp_path):
+    """--format onnxx and --role studnet say which one was meant, in one line, as a misspelt config choice does."""
+    r = invoke("export", tmp_path, "--format", "onnxx")
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == "error: --format: 'onnxx' is not one of onnx, torchscript (did you mean 'onnx'?)", r.output
+    r = invoke("export", tmp_path, "--format", "torchscrpt")
+    assert r.exit_code == 2 and "(did you mean 'torchscript'?)" in r.output, r.output
+    r = invoke("evaluate", tmp_path, "--role", "studnet")
+    assert r.exit_code == 2 and "--role: 'studnet' is not one of" in r.output and "(did you mean 'student'?)" in r.output, r.output

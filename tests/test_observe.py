@@ -311,6 +311,17 @@ def test_validate_catches_a_bad_column(data: Path, tmp_path: Path):
 def test_validate_warns_of_a_separator_the_values_do_not_use(data: Path, tmp_path: Path):
     """Tags written 'a|b' under the default separator ' ' train without an error, each whole string one
     unseen id; validate says so, naming the feature and the separator the values use."""
+    bad = _piped_tags(data, tmp_path)
+    r = CliRunner().invoke(app, ["validate", str(bad), *SMALL])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "warning: feature 'item_tags': none of the first" in text, r.output
+    assert "holds its separator ' ' but" in text and "set separator: '|'" in text
+    ok = CliRunner().invoke(app, ["validate", str(data), *SMALL])
+    assert ok.exit_code == 0 and "separator" not in ok.output, ok.output
+
+
+def _piped_tags(data: Path, tmp_path: Path) -> Path:
+    """The demo config on splits whose item_tags are joined by '|' (the config keeps separator ' ')."""
     import pyarrow.compute as pc
     raw = yaml.safe_load(data.read_text())
     for split in ("train", "valid", "test"):
@@ -320,12 +331,24 @@ def test_validate_warns_of_a_separator_the_values_do_not_use(data: Path, tmp_pat
         raw["data"][split] = str(tmp_path / f"{split}.parquet")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    r = CliRunner().invoke(app, ["validate", str(bad), *SMALL])
+    return bad
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_train_warns_of_a_separator_the_values_do_not_use(data: Path, tmp_path: Path, quiet: bool):
+    """train says what validate says about a wrong separator, once, before training (with -q, after it)
+    and records it in run.json's warnings."""
+    bad = _piped_tags(data, tmp_path)
+    r = CliRunner().invoke(app, ["train", str(bad), "-o", str(tmp_path / "run"), "--no-report", *SMALL,
+                                 "--set", "train.epochs=1", *(["-q"] if quiet else [])])
+    assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
-    assert r.exit_code == 0 and "warning: feature 'item_tags': none of the first" in text, r.output
-    assert "holds its separator ' ' but" in text and "set separator: '|'" in text
-    ok = CliRunner().invoke(app, ["validate", str(data), *SMALL])
-    assert ok.exit_code == 0 and "separator" not in ok.output, ok.output
+    assert text.count("warning: feature 'item_tags': none of the first") == 1, r.output
+    assert "set separator: '|'" in text
+    if not quiet:  # before the first training line
+        assert text.index("feature 'item_tags'") < text.index("teacher:"), r.output
+    warnings = json.loads((tmp_path / "run" / "run.json").read_text())["warnings"]
+    assert any("feature 'item_tags'" in w for w in warnings)
 
 
 def test_every_command_has_help():

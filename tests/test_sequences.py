@@ -538,3 +538,45 @@ def test_a_sync_tune_trial_shares_the_sequence_encoder_when_asked(tmp_path, monk
     assert len(seen) == 1  # trial 0 is the baseline; trial 1 a sync pair
     t_enc, s_enc = seen[0]
     assert (t_enc is s_enc) == share
+
+
+def test_init_guesses_a_sequence_from_a_delimited_string_column(tmp_path):
+    """A history written as one string ("12 7 33", "12|7|33") whose tokens are the values of item_id is
+    guessed a sequence sharing item_id, with the separator found; a string bag whose tokens match no
+    column stays a bag."""
+    import pyarrow.compute as pc
+    t = seq_table(300, 1)
+    hist = t.column("hist").to_pylist()
+    r = np.random.default_rng(0)
+    t = (t.drop_columns(["hist", "hist_cat"])
+         .append_column("hist_space", pa.array([" ".join(map(str, h)) for h in hist]))
+         .append_column("hist_pipe", pa.array(["|".join(map(str, h)) for h in hist]))
+         .append_column("tags", pa.array([" ".join(r.choice(["red", "blue", "big", "new"], 2)) for _ in hist])))
+    assert pc.count(pc.match_substring(t.column("hist_pipe"), "|")).as_py() > 200  # mostly lists of several ids
+    pq.write_table(t, tmp_path / "train.parquet")
+    out = tmp_path / "config.yaml"
+    r = runner.invoke(app, ["init", str(tmp_path / "train.parquet"), "-o", str(out), "--label", "click"])
+    assert r.exit_code == 0, r.output
+    feats = {f["name"]: f for f in yaml.safe_load(out.read_text())["features"]}
+    assert feats["hist_space"]["type"] == "sequence" and feats["hist_space"]["shares"] == "item_id"
+    assert feats["hist_space"].get("separator", " ") == " "
+    assert feats["hist_pipe"]["type"] == "sequence" and feats["hist_pipe"]["shares"] == "item_id"
+    assert feats["hist_pipe"]["separator"] == "|"
+    assert feats["tags"]["type"] == "multi_categorical" and "shares" not in feats["tags"]
+    r = runner.invoke(app, ["validate", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("ids of item_id") == 2 and "separator" not in r.output, r.output
+
+
+def test_an_empty_separator_is_one_line_not_a_traceback(tmp_path):
+    """YAML reads a bare `separator: |` as an empty string, which pyarrow cannot split on (a traceback
+    from validate and train before): the config says so, naming the feature and how to quote it."""
+    raw = seq_config(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw).replace("name: hist\n", "name: hist\n  separator: |\n"))
+    assert next(f for f in yaml.safe_load(path.read_text())["features"] if f["name"] == "hist")["separator"] == ""
+    for cmd in ("validate", "train"):
+        r = runner.invoke(app, [cmd, str(path)])
+        assert r.exit_code == 2, r.output
+        assert "features[" in r.output and "('hist').separator: is empty; quote the character in YAML" in r.output, r.output
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from distill.config import load_config
+from distill.config import closest, load_config
 from distill.errors import DistillError, MissingFeatureError
 
 class _FlagsShowNoType:
@@ -261,7 +261,8 @@ def evaluate(run: Path = typer.Argument(..., help="A run directory."),
         return
     for name in role or []:
         if name not in ROLES:
-            raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}")
+            raise DistillError(f"--role: '{name}' is not one of {', '.join(ROLES)}"
+                               + "".join(f" (did you mean '{c}'?)" for c in closest(name, list(ROLES))))
     r = load_run(run, roles=role or None)  # a model left out is not built (nor its `module:` imported)
     result = r.evaluate(data)
     entries = [e for by_split in result.values() for e in by_split.values()]

@@ -61,6 +61,13 @@ class FeatureConfig(Strict):
     # embeddings are added to the items' before the encoder, and it is no field of its own
     side_of: str | None = None
 
+    @field_validator("separator")
+    @classmethod
+    def _separator_not_empty(cls, v: str) -> str:
+        if not v:  # YAML reads a bare `separator: |` as an empty block of text, which no string can be split on
+            raise ValueError("is empty; quote the character in YAML, e.g. separator: \"|\" (a bare | starts a block of text)")
+        return v
+
 
 class ModelConfig(Strict):
     model: str = "dnn"

@@ -207,14 +207,18 @@ def guess(table: pa.Table, label: str | None = None, ask: Callable[[list[str]], 
 def _guess_sequences(table: pa.Table, columns: list[ColumnGuess]) -> None:
     """A list column whose values are mostly the values of a categorical column is that column's
     history: a sequence sharing its ids (data/kinds/sequence.py); a list column named like a
-    history is a sequence of its own ids. Other list columns stay bags."""
+    history is a sequence of its own ids. Other list columns stay bags. A string column of tokens
+    joined by a separator ("12 7 33", "12|7|33") whose tokens are mostly another column's values is a
+    sequence too; otherwise it stays a bag (a string is not guessed a history from its name alone)."""
     cats = [c.name for c in columns if c.type == "categorical"]
     for c in columns:
         t = table.column(c.name).type
-        if c.type != "multi_categorical" or not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        joined = c.type == "multi_categorical" and c.separator is not None
+        if c.type != "multi_categorical" or not (joined or pa.types.is_list(t) or pa.types.is_large_list(t)):
             continue
         try:
-            values = set(pc.unique(pc.cast(pc.list_flatten(table.column(c.name)), pa.string())).to_pylist()) - {None}
+            flat = pc.split_pattern(table.column(c.name), c.separator) if joined else table.column(c.name)
+            values = set(pc.unique(pc.cast(pc.list_flatten(flat), pa.string())).to_pylist()) - {None, ""}
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
         best, share = 0.0, None
@@ -225,8 +229,9 @@ def _guess_sequences(table: pa.Table, columns: list[ColumnGuess]) -> None:
                 best, share = overlap, name
         if best >= 0.5:
             c.type, c.shares = "sequence", share
-            c.why = f"{t}: a list of the values of '{share}' ({best:.0%} overlap): its history, most recent first?"
-        elif HISTORY_NAME.search(c.name):
+            what = f"strings of values of '{share}' separated by {c.separator!r}" if joined else f"{t}: a list of the values of '{share}'"
+            c.why = f"{what} ({best:.0%} overlap): its history, most recent first?"
+        elif HISTORY_NAME.search(c.name) and not joined:
             c.type, c.why = "sequence", f"{t}: a list named like a history (most recent first?)"
 
 

@@ -150,7 +150,13 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
     try:
         for w in warnings:
             log.info(f"warning: {w}")
+        read = splits is None
         splits, loader, info = _load(cfg, splits, teacher_run, warnings, log)
+        if read:  # validate's separator check, on data that loaded: a wrong one trains each whole string as one unseen id
+            from distill.validate import separator_warnings
+            for w in separator_warnings(cfg):
+                warnings.append(w)  # info["warnings"] is this list: run.json keeps it (train -q prints it after training)
+                log.info(f"warning: {w}")
         members, ckpt = _fit(cfg, recipe, splits, loader, teacher_run, info, log, partial, resume, main)
         models = {m.name: m.module for m in members.values()}
         features = {m.name: m.features for m in members.values()}

@@ -116,7 +116,9 @@ def export(run: str | Path | Run, fmt: str = "onnx", out: str | Path | None = No
     a failure raises DistillError and leaves nothing behind.
     """
     if fmt not in FORMATS:
-        raise DistillError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
+        from distill.config import closest  # a misspelt format gets the suggestion a misspelt config choice gets
+        hint = "".join(f" (did you mean '{c}'?)" for c in closest(str(fmt), list(FORMATS)))
+        raise DistillError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}{hint}")
     if towers and fmt != "onnx":
         raise DistillError(f"--towers: the tower graphs are ONNX; use --format onnx, not {fmt}")
     if not isinstance(run, Run):  # the serving model alone: a teacher's `module:` factory is never imported
