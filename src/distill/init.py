@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import yaml
 
-from distill.config import config_from_dict
+from distill.config import Config, config_from_dict
 from distill.data.io import file_format, resolve_files
 from distill.errors import DistillError
 
@@ -367,3 +367,25 @@ def init_config(data: str, output: str | Path = "config.yaml", label: str | None
     tmp.write_text(text)
     os.replace(tmp, output)
     return g
+
+
+def separator_warnings(cfg: Config) -> list[str]:
+    """A bag or sequence given as strings whose `separator` is not the one the values use: each whole
+    string would be one (unseen) id, which trains without an error. Checked on the first rows of train."""
+    strings = [f for f in cfg.features if f.type in ("multi_categorical", "sequence")]
+    if not strings:
+        return []
+    sample = read_sample(cfg.data.train)
+    out = []
+    for f in strings:
+        if f.name not in sample.column_names or not (pa.types.is_string(sample.column(f.name).type)
+                                                     or pa.types.is_large_string(sample.column(f.name).type)):
+            continue
+        values = [v for v in sample.column(f.name).drop_null().to_pylist() if v.strip()]
+        found = _separator(sample.column(f.name))
+        if values and found not in (None, f.separator) and not any(f.separator in v.strip() for v in values):
+            share = sum(found in v for v in values) / len(values)
+            out.append(f"feature '{f.name}': none of the first {sample.num_rows:,} rows of train holds its separator "
+                       f"{f.separator!r} but {share:.0%} hold {found!r}: set separator: {found!r}, or each whole string "
+                       f"is read as one id")
+    return out

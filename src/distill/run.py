@@ -153,7 +153,7 @@ def train(cfg: Config, output: str | Path | None = None, overwrite: bool = False
         read = splits is None
         splits, loader, info = _load(cfg, splits, teacher_run, warnings, log)
         if read:  # validate's separator check, on data that loaded: a wrong one trains each whole string as one unseen id
-            from distill.validate import separator_warnings
+            from distill.init import separator_warnings
             for w in separator_warnings(cfg):
                 warnings.append(w)  # info["warnings"] is this list: run.json keeps it (train -q prints it after training)
                 log.info(f"warning: {w}")

@@ -98,33 +98,9 @@ def validate(cfg: Config) -> Validation:
     if mode != "none" and d.schedule.type != "constant" and d.schedule.steps >= total:
         warnings.append(f"distillation.schedule.steps is {d.schedule.steps} but training has {total} steps: "
                         f"λ never reaches its target {d.weight}")
+    from distill.init import separator_warnings
     warnings += separator_warnings(cfg)
     return Validation(warnings, rows, filled, models, shared, len(loader), label_info)
-
-
-def separator_warnings(cfg: Config) -> list[str]:
-    """A bag or sequence given as strings whose `separator` is not the one the values use: each whole
-    string would be one (unseen) id, which trains without an error. Checked on the first rows of train."""
-    import pyarrow as pa
-
-    from distill.init import _separator, read_sample
-    strings = [f for f in cfg.features if f.type in ("multi_categorical", "sequence")]
-    if not strings:
-        return []
-    sample = read_sample(cfg.data.train)
-    out = []
-    for f in strings:
-        if f.name not in sample.column_names or not (pa.types.is_string(sample.column(f.name).type)
-                                                     or pa.types.is_large_string(sample.column(f.name).type)):
-            continue
-        values = [v for v in sample.column(f.name).drop_null().to_pylist() if v.strip()]
-        found = _separator(sample.column(f.name))
-        if values and found not in (None, f.separator) and not any(f.separator in v.strip() for v in values):
-            share = sum(found in v for v in values) / len(values)
-            out.append(f"feature '{f.name}': none of the first {sample.num_rows:,} rows of train holds its separator "
-                       f"{f.separator!r} but {share:.0%} hold {found!r}: set separator: {found!r}, or each whole string "
-                       f"is read as one id")
-    return out
 
 
 def _label_info(label: Any, parts: dict[str, Any]) -> dict[str, Any]:
