@@ -282,3 +282,40 @@ def test_cli_tune_explain_ranks_the_privileged_feature_that_carries_the_label_ab
     assert r.exit_code == 0, r.output
     assert json.loads((out / "tune.json").read_text())["explain"] is None
     assert "What each privileged feature" not in (out / "tune.md").read_text()
+
+
+@pytest.mark.parametrize("gain, shipped", [(-0.01, "baseline"), (0.01, "student")])
+def test_a_choice_that_does_not_beat_the_baseline_on_validation_when_retrained_ships_the_baseline(tmp_path, monkeypatch, gain, shipped):
+    """The guard against harm: the search's best distilled trial is retrained over seeds; when its mean
+    validation gain over the baseline is not positive, best.yaml trains the baseline (λ = 0) and
+    compare.json says so. Decided on validation only (the gains are set here; test is never read)."""
+    import distill.tune as tune_mod
+    path = _config(tmp_path)
+    out = tmp_path / "tune"
+    assert runner.invoke(app, ["tune", str(path), "--trials", "2", "--seeds", "0", "--output", str(out), "-q"]).exit_code == 0
+    study = _study(out)
+    distilled = next(t for t in study.get_trials() if t.params.get("weight", 0.0) > 0)
+    study.add_trial(optuna.trial.create_trial(params=distilled.params, distributions=distilled.distributions, value=1.0))
+    monkeypatch.setattr(tune_mod, "valid_gains", lambda *a, **k: [gain])
+    r = runner.invoke(app, ["tune", str(path), "--trials", "3", "--seeds", "1", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    comp = json.loads((out / "compare.json").read_text())
+    assert comp["tune"]["shipped"] == shipped and comp["tune"]["valid_gains"] == [gain]
+    if shipped == "baseline":
+        assert best["distillation"]["weight"] == 0.0 and "the student to ship is the baseline" in r.output
+    else:
+        assert best["distillation"]["weight"] == pytest.approx(distilled.params["weight"])
+
+
+def test_a_study_run_alone_draws_the_same_trials_every_time(tmp_path):
+    """The sampler is seeded from train.seed and the study's trials, not the process id: the same
+    command twice proposes the same settings (a second process joining a running study mixes in its pid)."""
+    path = _config(tmp_path)
+    params = []
+    for k in range(2):
+        out = tmp_path / f"tune{k}"
+        done = subprocess.run(_cli(path, "--trials", 4, out=out), env=_env(), capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr  # two processes: the old pid-seeded sampler drew differently
+        params.append([t.params for t in sorted(_study(out).get_trials(), key=lambda t: t.number)])
+    assert params[0] == params[1] and len(params[0]) == 4

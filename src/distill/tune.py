@@ -405,8 +405,7 @@ def tune(cfg: Config, trials: int = 20, timeout: float | None = None, storage: s
     store = open_storage(storage, output)
     metric = Plan.from_config(cfg).metric
     direction = "maximize" if results.higher_is_better(metric) else "minimize"
-    # seeded from train.seed and the process: reproducible alone, two processes do not draw the same points
-    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed * 100_003 + os.getpid() % 100_003, n_startup_trials=5)
+    sampler = optuna.samplers.TPESampler(seed=cfg.train.seed, n_startup_trials=5)  # reseeded below, once the study is read
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1) if space.pruning else optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(storage=store, study_name=name, direction=direction, sampler=sampler,
@@ -419,6 +418,13 @@ def tune(cfg: Config, trials: int = 20, timeout: float | None = None, storage: s
     _mark(output, {"study": name, "storage": storage or str(output / "study.journal"), "metric": metric,
                    "direction": direction})
     _recover(study, store)
+    # seeded from train.seed and the trials already there: a study run alone (or resumed) draws the same
+    # points every time; a process joining one that another process is running mixes in its pid, so two
+    # processes do not draw the same points
+    present = study.get_trials(deepcopy=False)
+    joining = any(t.state == optuna.trial.TrialState.RUNNING for t in present)
+    study.sampler = optuna.samplers.TPESampler(
+        seed=cfg.train.seed * 100_003 + len(present) + (os.getpid() % 100_003 * 7_919 if joining else 0), n_startup_trials=5)
     if not any(t.user_attrs.get("baseline") or t.params.get("weight") == 0.0 for t in study.get_trials(deepcopy=False)):
         base = {"weight": 0.0} | ({"mode": space.modes[0]} if len(space.modes) > 1 else {})
         study.enqueue_trial(base, user_attrs={"baseline": True}, skip_if_exists=True)
@@ -494,11 +500,24 @@ def finish(study, cfg: Config, output: Path, name: str, metric: str, seeds: int,
         say(f"retraining the choice over {seeds} seed{'s' if seeds != 1 else ''} against the baseline, reported on test")
         final = output / "final"
         comp = compare(best_cfg, seeds=seeds, output=final, overwrite=(final / "compare.json").is_file(), quiet=True)
-        comp = comp | {"tune": {"trial": best.number, "params": best.params, "valid": best.value}}
+        gains = valid_gains(final, cfg.train.seed, seeds, metric, summary["direction"])
+        shipped = "baseline" if is_baseline or sum(gains) <= 0 else "student"
+        comp = comp | {"tune": {"trial": best.number, "params": best.params, "valid": best.value,
+                                "valid_gains": gains, "shipped": shipped}}
         _atomic(output / "compare.json", lambda p: p.write_text(json.dumps(comp, indent=2)))
-        summary["compare"] = comp
+        summary["compare"], summary["valid_gains"], summary["shipped"] = comp, gains, shipped
         if "verdict" in comp:
             say(comp["verdict"]["headline"])
+        if shipped == "baseline" and not is_baseline:
+            # the guard against harm: the search's margin did not survive retraining, so the student to
+            # ship is the one trained alone (decided on validation only; test is reported, never used)
+            base_cfg = best_config(cfg, {"weight": 0.0}, output)
+            _atomic(output / "best.yaml", lambda p: p.write_text(
+                f"# distill tune: the baseline (λ = 0). Trial {best.number} ({_params_text(best.params)}) was best on "
+                f"valid {metric} in the search, but retrained over {seeds} seed{'s' if seeds != 1 else ''} it does not beat "
+                f"the baseline on validation (mean gain {sum(gains) / len(gains):+.5f})\n" + dump_config(base_cfg)))
+            say(f"retrained over {seeds} seed{'s' if seeds != 1 else ''}, the choice does not beat the baseline on validation "
+                f"(mean {metric} gain {sum(gains) / len(gains):+.5f}): the student to ship is the baseline; best.yaml trains it")
     else:  # search only: a comparison left by an earlier run of this tune is of another choice
         (output / "compare.json").unlink(missing_ok=True)
     summary["explain"] = importance  # None without --explain (tune.json keeps no stale table)
@@ -508,6 +527,17 @@ def finish(study, cfg: Config, output: Path, name: str, metric: str, seeds: int,
     _mark(output, summary)
     write_report(study, summary, output)
     return summary
+
+
+def valid_gains(final: Path, seed: int, seeds: int, metric: str, direction: str) -> list[float]:
+    """Per seed of the final comparison: the student's validation `metric` minus the baseline's,
+    signed so that more is better (a loss such as logloss counts down)."""
+    sign = 1.0 if direction == "maximize" else -1.0
+    out = []
+    for k in range(seeds):
+        m = json.loads((final / f"seed_{seed + k}" / "metrics.json").read_text())
+        out.append(sign * (m["student"]["valid"][metric] - m["baseline"]["valid"][metric]))
+    return out
 
 
 def _params_text(params: dict[str, Any]) -> str:
