@@ -98,12 +98,7 @@ def make(cfg, student: nn.Module, teacher_dim: int, student_batch: Batch,
     """The hint of a run of `cfg` (distillation.hint): hooks the student, sizes P from one batch."""
     h = cfg.distillation.hint
     capture = Capture(student, h.layer, "distillation.hint.layer")
-    was = student.training
-    student.eval()
-    with torch.no_grad():
-        student(student_batch)
-    student.train(was)
-    s_dim = capture.value.shape[1]
+    s_dim = _width(student, capture, student_batch)
     with torch.random.fork_rng(devices=[]):  # P's init must not move the student's RNG stream
         torch.manual_seed(cfg.train.seed + 7)
         projection = nn.Linear(s_dim, teacher_dim)
@@ -113,14 +108,20 @@ def make(cfg, student: nn.Module, teacher_dim: int, student_batch: Batch,
 
 def teacher_dim(teacher: nn.Module, layer: str | None, batch: Batch) -> int:
     capture = Capture(teacher, layer, "distillation.hint.teacher_layer")
-    was = teacher.training
-    teacher.eval()
-    with torch.no_grad():
-        teacher(batch)
-    teacher.train(was)
-    dim = capture.value.shape[1]
+    dim = _width(teacher, capture, batch)
     capture.remove()
     return dim
+
+
+def _width(model: nn.Module, capture: Capture, batch: Batch) -> int:
+    """The width of the layer `capture` hooks: one forward pass on `batch` in eval mode, without
+    gradients, the model's train/eval state left as it was."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    model.train(was)
+    return capture.value.shape[1]
 
 
 def cache_hidden(teacher: nn.Module, layer: str | None, loader, features: list[str]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from distill.data.io import file_format, resolve_files
 from distill.data.kinds import KINDS
 from distill.errors import DistillError
 from distill.serving.exported import ExportedModel
-from distill.serving.predict import _check_output, _columns_of, check_output, iter_chunks, whole_or_nothing
+from distill.serving.predict import _check_output, check_output, iter_chunks, require_columns, whole_or_nothing
 
 
 @dataclass
@@ -58,14 +58,8 @@ def embed(model: ExportedModel, data: str | Path, out: str | Path, id_column: st
     with whole_or_nothing(out, "the item vectors", f"{data}: no items to embed") as write:
         for path in files:
             kind = file_format(path, fmt)
-            try:
-                have = _columns_of(path, kind)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
-            for c in [id_column, *names]:
-                if c not in have:
-                    what = "--id column" if c == id_column and c not in names else "item-tower feature"
-                    raise DistillError(f"{path}: missing {what} '{c}'")
+            require_columns(path, kind, {c: "--id column" if c == id_column and c not in names else "item-tower feature"
+                                         for c in [id_column, *names]})
             columns = list(dict.fromkeys([id_column, *names]))
             types = {n: KINDS[model.kinds[n]].csv_type for n in names if n != id_column}
             try:

@@ -43,6 +43,19 @@ def _columns_of(path: Path, kind: str) -> list[str]:
     return names
 
 
+def require_columns(path: Path, kind: str, needed: dict[str, str]) -> list[str]:
+    """The column names of `path`; refused in one line when it cannot be read as `kind` or lacks a
+    column of `needed` (column -> what it is for, as the line names it), checked in `needed`'s order."""
+    try:
+        have = _columns_of(path, kind)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
+    for c, what in needed.items():
+        if c not in have:
+            raise DistillError(f"{path}: missing {what} '{c}'")
+    return have
+
+
 def _csv_parse(path: Path) -> pacsv.ParseOptions:
     return pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
 
@@ -94,14 +107,9 @@ def score(model: ExportedModel, data: str | Path, out: str | Path, keep: list[st
     with whole_or_nothing(out, "the predictions", f"{data}: no rows to score") as write:
         for path in files:
             kind = file_format(path, fmt)
-            try:
-                have = _columns_of(path, kind)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise DistillError(f"{path}: cannot read as {kind}: {str(e).strip().splitlines()[0]}") from None
-            for c in model.names + keep:
-                what = "serving feature" if c in model.names else "--keep column"
-                if c not in have:
-                    raise DistillError(f"{path}: missing {what} '{c}'")
+            needed = {c: "serving feature" if c in model.names else "--keep column" for c in model.names + keep}
+            have = require_columns(path, kind, needed)
+            for c, what in needed.items():
                 if have.count(c) > 1:
                     raise DistillError(f"{path}: {have.count(c)} columns are named '{c}' (a {what}); rename or drop the extra ones")
             if not summary.chunks and not summary.ignored:
